@@ -1,0 +1,1 @@
+"""position-manager: the Python adapters around the SQL core in sql/."""

@@ -1,0 +1,258 @@
+"""Configuration from the environment (SPEC §6).
+
+Every variable is read once, at process start. A missing or malformed value raises
+`ConfigError` whose message names the variable; the entry points print it and exit 2.
+Thresholds that the SQL functions need are also handed to PostgreSQL as custom settings
+(`pm.*`) on every pooled connection, see `Settings.sql_options`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from decimal import Decimal, InvalidOperation
+from typing import Any, Callable, Mapping
+
+
+class ConfigError(ValueError):
+    """A configuration variable is missing or malformed."""
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false")
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _pos_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _nonneg_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _nonneg_decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw.strip())
+    except InvalidOperation:
+        raise ValueError("expected a decimal number") from None
+    if not value.is_finite() or value < 0:
+        raise ValueError("must be a finite number >= 0")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw.strip())
+    if not 0 < value < 65536:
+        raise ValueError("must be a TCP port (1..65535)")
+    return value
+
+
+def _str(raw: str) -> str:
+    return raw
+
+
+def _nonempty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be empty")
+    return raw.strip()
+
+
+def _log_level(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return level
+
+
+def _url(raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("expected an http:// or https:// URL")
+    return value
+
+
+def parse_overrides(raw: str) -> dict[str, int]:
+    """`key:limit,key:limit` -> {key: limit}."""
+    result: dict[str, int] = {}
+    for item in raw.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, limit = item.rpartition(":")
+        if not sep or not key.strip():
+            raise ValueError(f"expected key:limit, got {item!r}")
+        result[key.strip()] = _pos_int(limit)
+    return result
+
+
+# (attribute, variable, default, parser). A default of None means: required.
+_VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
+    ("service_name", "POSITION_MANAGER_SERVICE_NAME", "position-manager", _nonempty),
+    ("port", "POSITION_MANAGER_PORT", "4800", _port),
+    ("api_key", "POSITION_MANAGER_API_KEY", "", _str),
+    ("log_level", "POSITION_MANAGER_LOG_LEVEL", "INFO", _log_level),
+    ("postgres_host", "POSTGRES_HOST", "127.0.0.1", _nonempty),
+    ("postgres_port", "POSTGRES_PORT", "5432", _port),
+    ("postgres_db", "POSTGRES_DB", "ytrader", _nonempty),
+    ("postgres_user", "POSTGRES_USER", "postgres", _nonempty),
+    ("postgres_password", "POSTGRES_PASSWORD", "", _str),
+    ("db_pool_size", "POSITION_MANAGER_DB_POOL_SIZE", "4", _pos_int),
+    ("rabbitmq_host", "RABBITMQ_HOST", "127.0.0.1", _nonempty),
+    ("rabbitmq_port", "RABBITMQ_PORT", "5672", _port),
+    ("rabbitmq_user", "RABBITMQ_USER", "guest", _nonempty),
+    ("rabbitmq_password", "RABBITMQ_PASSWORD", "guest", _str),
+    ("rabbitmq_vhost", "RABBITMQ_VHOST", "/", _nonempty),
+    ("order_queue", "POSITION_MANAGER_ORDER_QUEUE", "order-manager.order_executed", _nonempty),
+    ("position_queue", "POSITION_MANAGER_POSITION_QUEUE", "ws-gateway.position", _nonempty),
+    ("dead_letter_queue", "POSITION_MANAGER_DEAD_LETTER_QUEUE", "position-manager.dead_letter", _nonempty),
+    ("position_updated_queue", "POSITION_MANAGER_POSITION_UPDATED_QUEUE",
+     "position-manager.position_updated", _nonempty),
+    ("portfolio_updated_queue", "POSITION_MANAGER_PORTFOLIO_UPDATED_QUEUE",
+     "position-manager.portfolio_updated", _nonempty),
+    ("snapshot_created_queue", "POSITION_MANAGER_SNAPSHOT_CREATED_QUEUE",
+     "position-manager.position_snapshot_created", _nonempty),
+    ("consumer_prefetch", "POSITION_MANAGER_CONSUMER_PREFETCH", "200", _pos_int),
+    ("consumer_batch_size", "POSITION_MANAGER_CONSUMER_BATCH_SIZE", "100", _pos_int),
+    ("max_delivery_attempts", "POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS", "5", _pos_int),
+    ("portfolio_event_interval", "POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL", "5", _nonneg_decimal),
+    ("snapshot_interval", "POSITION_MANAGER_SNAPSHOT_INTERVAL", "3600", _pos_int),
+    ("snapshot_retention_days", "POSITION_MANAGER_SNAPSHOT_RETENTION_DAYS", "365", _pos_int),
+    ("validation_interval", "POSITION_MANAGER_VALIDATION_INTERVAL", "1800", _pos_int),
+    ("metrics_cache_ttl", "POSITION_MANAGER_METRICS_CACHE_TTL", "10", _nonneg_decimal),
+    ("use_ws_avg_price", "POSITION_MANAGER_USE_WS_AVG_PRICE", "true", _bool),
+    ("avg_price_diff_threshold", "POSITION_MANAGER_AVG_PRICE_DIFF_THRESHOLD", "0.001", _nonneg_decimal),
+    ("size_validation_threshold", "POSITION_MANAGER_SIZE_VALIDATION_THRESHOLD", "0.0001", _nonneg_decimal),
+    ("price_staleness_threshold", "POSITION_MANAGER_PRICE_STALENESS_THRESHOLD", "300", _nonneg_int),
+    ("price_api_timeout", "POSITION_MANAGER_PRICE_API_TIMEOUT", "5", _nonneg_decimal),
+    ("price_api_retries", "POSITION_MANAGER_PRICE_API_RETRIES", "3", _nonneg_int),
+    ("optimistic_lock_retries", "POSITION_MANAGER_OPTIMISTIC_LOCK_RETRIES", "3", _nonneg_int),
+    ("optimistic_lock_backoff_base", "POSITION_MANAGER_OPTIMISTIC_LOCK_BACKOFF_BASE", "100", _nonneg_int),
+    ("rate_limit_enabled", "POSITION_MANAGER_RATE_LIMIT_ENABLED", "true", _bool),
+    ("rate_limit_default", "POSITION_MANAGER_RATE_LIMIT_DEFAULT", "100", _pos_int),
+    ("rate_limit_overrides", "POSITION_MANAGER_RATE_LIMIT_OVERRIDES", "", parse_overrides),
+    ("bybit_api_url", "BYBIT_API_URL", "https://api.bybit.com", _url),
+]
+
+VARIABLE_NAMES = [name for _, name, _, _ in _VARIABLES]
+
+
+@dataclass(frozen=True)
+class Settings:
+    service_name: str
+    port: int
+    api_key: str
+    log_level: str
+    postgres_host: str
+    postgres_port: int
+    postgres_db: str
+    postgres_user: str
+    postgres_password: str
+    db_pool_size: int
+    rabbitmq_host: str
+    rabbitmq_port: int
+    rabbitmq_user: str
+    rabbitmq_password: str
+    rabbitmq_vhost: str
+    order_queue: str
+    position_queue: str
+    dead_letter_queue: str
+    position_updated_queue: str
+    portfolio_updated_queue: str
+    snapshot_created_queue: str
+    consumer_prefetch: int
+    consumer_batch_size: int
+    max_delivery_attempts: int
+    portfolio_event_interval: Decimal
+    snapshot_interval: int
+    snapshot_retention_days: int
+    validation_interval: int
+    metrics_cache_ttl: Decimal
+    use_ws_avg_price: bool
+    avg_price_diff_threshold: Decimal
+    size_validation_threshold: Decimal
+    price_staleness_threshold: int
+    price_api_timeout: Decimal
+    price_api_retries: int
+    optimistic_lock_retries: int
+    optimistic_lock_backoff_base: int
+    rate_limit_enabled: bool
+    rate_limit_default: int
+    rate_limit_overrides: dict[str, int]
+    bybit_api_url: str
+
+    def sql_options(self) -> str:
+        """libpq `options`: the custom settings the SQL functions read (see sql/ pm.setting())."""
+        pairs = {
+            "TimeZone": "UTC",
+            "pm.use_ws_avg_price": "true" if self.use_ws_avg_price else "false",
+            "pm.avg_price_diff_threshold": str(self.avg_price_diff_threshold),
+            "pm.size_validation_threshold": str(self.size_validation_threshold),
+            "pm.price_staleness_threshold": str(self.price_staleness_threshold),
+        }
+        return " ".join(f"-c {k}={v}" for k, v in pairs.items())
+
+    def conninfo(self, dbname: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for psycopg.connect / ConnectionPool(kwargs=...)."""
+        info: dict[str, Any] = {
+            "host": self.postgres_host,
+            "port": self.postgres_port,
+            "dbname": dbname or self.postgres_db,
+            "user": self.postgres_user,
+            "options": self.sql_options(),
+            "application_name": self.service_name,
+            "connect_timeout": 5,
+        }
+        if self.postgres_password:
+            info["password"] = self.postgres_password
+        return info
+
+    def valid_api_keys(self) -> dict[str, int]:
+        """Every accepted key with its requests/minute limit."""
+        keys = {k: v for k, v in self.rate_limit_overrides.items()}
+        if self.api_key:
+            keys.setdefault(self.api_key, self.rate_limit_default)
+        return keys
+
+    def with_overrides(self, **changes: Any) -> "Settings":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Settings(**values)
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read every variable of SPEC §6; raise ConfigError naming the first bad one."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for attr, name, default, parse in _VARIABLES:
+        raw = env.get(name)
+        if raw is None:
+            if default is None:
+                raise ConfigError(f"{name} is required but not set")
+            raw = default
+        try:
+            values[attr] = parse(raw)
+        except (ValueError, ArithmeticError) as exc:
+            raise ConfigError(f"{name}={raw!r} is malformed: {exc}") from None
+    return Settings(**values)
+
+
+def require(settings: Settings, *attrs: str) -> None:
+    """Stop a process that needs a value that is optional elsewhere (e.g. the API key)."""
+    by_attr = {attr: name for attr, name, _, _ in _VARIABLES}
+    for attr in attrs:
+        if not getattr(settings, attr):
+            raise ConfigError(f"{by_attr[attr]} is required but not set")
