@@ -145,6 +145,11 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("rate_limit_default", "POSITION_MANAGER_RATE_LIMIT_DEFAULT", "100", _pos_int),
     ("rate_limit_overrides", "POSITION_MANAGER_RATE_LIMIT_OVERRIDES", "", parse_overrides),
     ("bybit_api_url", "BYBIT_API_URL", "https://api.bybit.com", _url),
+    # The API under gunicorn (bin/serve): worker processes, threads per worker.
+    ("api_workers", "POSITION_MANAGER_API_WORKERS", "4", _pos_int),
+    ("api_threads", "POSITION_MANAGER_API_THREADS", "4", _pos_int),
+    # Adds GET /bench/select1 (SELECT 1 through the same middleware and pool) for bench/http_bench.py.
+    ("bench_reference", "POSITION_MANAGER_BENCH_REFERENCE", "false", _bool),
 ]
 
 VARIABLE_NAMES = [name for _, name, _, _ in _VARIABLES]
@@ -193,6 +198,9 @@ class Settings:
     rate_limit_default: int
     rate_limit_overrides: dict[str, int]
     bybit_api_url: str
+    api_workers: int
+    api_threads: int
+    bench_reference: bool
 
     def sql_options(self) -> str:
         """libpq `options`: the custom settings the SQL functions read (see sql/ pm.setting())."""
