@@ -60,18 +60,34 @@ SELECT b.id, b.asset, b.size, b.average_entry_price, b.unrealized_pnl, b.realize
 COMMENT ON VIEW pm.v_positions IS
     'One row per position: every column of positions plus side, is_open, exposure_usdt, unrealized_pnl_pct, time_held_minutes, position_size_norm, price_is_stale (SPEC §1.3, §2.1)';
 
+-- Portfolio totals (SPEC §2.1), over all positions or one asset: one row, zeros when empty.
+CREATE OR REPLACE FUNCTION pm.portfolio_totals(p_asset text DEFAULT NULL)
+RETURNS TABLE (total_exposure_usdt numeric, net_exposure_usdt numeric, total_unrealized_pnl_usdt numeric,
+               total_realized_pnl_usdt numeric, total_pnl_usdt numeric, portfolio_value_usdt numeric,
+               open_positions_count integer, long_positions_count integer, short_positions_count integer,
+               calculated_at timestamptz)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(v.exposure_usdt) FILTER (WHERE v.is_open), 0)::numeric,
+           coalesce(sum(v.size * v.current_price) FILTER (WHERE v.is_open), 0)::numeric,
+           coalesce(sum(v.unrealized_pnl), 0)::numeric,
+           coalesce(sum(v.realized_pnl), 0)::numeric,
+           (coalesce(sum(v.unrealized_pnl), 0) + coalesce(sum(v.realized_pnl), 0))::numeric,
+           coalesce(sum(v.size * v.current_price) FILTER (WHERE v.is_open), 0)::numeric,
+           (count(*) FILTER (WHERE v.is_open))::integer,
+           (count(*) FILTER (WHERE v.size > 0))::integer,
+           (count(*) FILTER (WHERE v.size < 0))::integer,
+           now()
+      FROM pm.v_positions v
+     WHERE p_asset IS NULL OR v.asset = upper(p_asset)
+$$;
+COMMENT ON FUNCTION pm.portfolio_totals(text) IS
+    'pm.portfolio_totals(asset or NULL) -> exactly one row of portfolio totals (SPEC §2.1), over all positions or one asset; zeros, never NULLs, when empty. Positions without a price are excluded from exposure. Read only.';
+
 CREATE OR REPLACE VIEW pm.v_portfolio AS
-SELECT coalesce(sum(v.exposure_usdt) FILTER (WHERE v.is_open), 0)::numeric AS total_exposure_usdt,
-       coalesce(sum(v.size * v.current_price) FILTER (WHERE v.is_open), 0)::numeric AS net_exposure_usdt,
-       coalesce(sum(v.unrealized_pnl), 0)::numeric AS total_unrealized_pnl_usdt,
-       coalesce(sum(v.realized_pnl), 0)::numeric AS total_realized_pnl_usdt,
-       (coalesce(sum(v.unrealized_pnl), 0) + coalesce(sum(v.realized_pnl), 0))::numeric AS total_pnl_usdt,
-       coalesce(sum(v.size * v.current_price) FILTER (WHERE v.is_open), 0)::numeric AS portfolio_value_usdt,
-       count(*) FILTER (WHERE v.is_open)::integer AS open_positions_count,
-       count(*) FILTER (WHERE v.size > 0)::integer AS long_positions_count,
-       count(*) FILTER (WHERE v.size < 0)::integer AS short_positions_count,
-       now() AS calculated_at
-  FROM pm.v_positions v;
+SELECT t.total_exposure_usdt, t.net_exposure_usdt, t.total_unrealized_pnl_usdt, t.total_realized_pnl_usdt,
+       t.total_pnl_usdt, t.portfolio_value_usdt, t.open_positions_count, t.long_positions_count,
+       t.short_positions_count, t.calculated_at
+  FROM pm.portfolio_totals(NULL) t;
 COMMENT ON VIEW pm.v_portfolio IS
     'Exactly one row of portfolio totals (zeros on an empty table). Positions without a price are excluded from exposure.';
 
