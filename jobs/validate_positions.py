@@ -23,19 +23,17 @@ def _count(value) -> int:
 
 def summarise(result: dict) -> dict:
     """The figures of pm.validate_all's summary that the one-line output and the exit code need."""
-    return {
-        "positions": _count(result.get("positions", result.get("checked"))),
-        "invalid": _count(result.get("invalid", result.get("positions_with_discrepancies"))),
-        "discrepancies": _count(result.get("discrepancies")),
-        "fixed": _count(result.get("fixed")),
-        "no_source": _count(result.get("no_source", result.get("unverifiable"))),
-    }
+    return {name: _count(result.get(name))
+            for name in ("positions", "invalid", "discrepancies", "fixed", "no_authoritative_source")}
 
 
 def _validate(ctx: common.JobContext, args) -> int:
     result = ctx.conn.execute(q("job_validate_all"), {"fix": args.fix, "trace": ctx.trace_id}).fetchone()[0]
     figures = summarise(result)
-    ctx.log.info("validation done", extra={"fix": args.fix, "summary": result})
+    for detail in result.get("details") or []:
+        ctx.log.warning("position has discrepancies", extra={"position": detail})
+    ctx.log.info("validation done", extra={"fix": args.fix,
+                                           "summary": {k: v for k, v in result.items() if k != "details"}})
     if args.json:
         print(json.dumps(result, separators=(",", ":"), sort_keys=True))
     else:
@@ -43,8 +41,8 @@ def _validate(ctx: common.JobContext, args) -> int:
                 f"{figures['invalid']} with discrepancies ({figures['discrepancies']} field(s))")
         if args.fix:
             line += f", {figures['fixed']} fixed"
-        if figures["no_source"]:
-            line += f", {figures['no_source']} without an authoritative source"
+        if figures["no_authoritative_source"]:
+            line += f", {figures['no_authoritative_source']} without an authoritative source"
         print(line + f" (trace {ctx.trace_id})")
     found = figures["discrepancies"] or figures["invalid"]
     return common.EXIT_ATTENTION if found else common.EXIT_OK
