@@ -85,3 +85,35 @@ SELECT pm.health()
 -- name: api_select_one
 -- The benchmark's reference endpoint (POSITION_MANAGER_BENCH_REFERENCE=1): one trivial query.
 SELECT 1
+
+-- ===== Pipeline: the consumers and the outbox relay (consumers/) =====
+
+-- name: pipeline_apply_order_batch
+-- A batch of order-queue message bodies (JSON text), applied in order in the caller's transaction
+-- by one statement; (ordinal, result) per message. Any invalid message fails the whole statement
+-- (the consumer then applies them one by one with apply_order_event under savepoints).
+SELECT t.i, pm.apply_order_event(t.e::jsonb) FROM unnest(%(events)s::text[]) WITH ORDINALITY AS t(e, i)
+
+-- name: pipeline_apply_position_batch
+-- As pipeline_apply_order_batch, for position-queue message bodies.
+SELECT t.i, pm.apply_position_event(t.e::jsonb) FROM unnest(%(events)s::text[]) WITH ORDINALITY AS t(e, i)
+
+-- name: pipeline_record_dead_letter
+-- Keep a message sent to the dead-letter queue for operators and Grafana.
+SELECT pm.record_dead_letter(%(queue)s, %(reason)s, %(error_code)s, %(message_id)s, %(body)s, %(headers)s::jsonb)
+
+-- name: pipeline_listen_outbox
+-- The relay's wake-up: the outbox insert trigger notifies pm_outbox at commit.
+LISTEN pm_outbox
+
+-- name: pipeline_outbox_claim
+-- The oldest unpublished outbox rows, locked (SKIP LOCKED); the payload as text, sent as it is.
+SELECT c.id, c.event_id, c.event_type, c.trace_id, c.payload::text FROM pm.outbox_claim(%(limit)s) AS c
+
+-- name: pipeline_outbox_mark_published
+-- After the broker confirmed them, in the same transaction as the claim.
+SELECT pm.outbox_mark_published(%(ids)s::bigint[])
+
+-- name: pipeline_enqueue_portfolio_event
+-- One coalesced portfolio_updated event if positions changed and the interval elapsed.
+SELECT pm.enqueue_portfolio_event(%(interval)s::numeric)

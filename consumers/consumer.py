@@ -1,0 +1,461 @@
+"""A blocking pika consumer that hands message bodies to pm.apply_order_event /
+pm.apply_position_event (SPEC §2.3, §2.4, §4.1, §4.3).
+
+Per batch (up to POSITION_MANAGER_CONSUMER_BATCH_SIZE messages, flushed early when the queue
+goes quiet for a few milliseconds):
+
+1. Bodies that are not UTF-8 or not JSON are set aside for the dead-letter queue.
+2. The rest are applied in ONE transaction by ONE statement (`pipeline_apply_*_batch`, the SQL
+   function called once per message over an array). When any message raises, that transaction
+   is rolled back and the batch is applied again message by message, each under a SAVEPOINT:
+   invalid input (SQLSTATE class 22) is rolled back alone and dead-lettered, its neighbours commit.
+   Savepoints only on this slow path: per message they cost ~30% throughput (measured, see README)
+   and more than 64 subtransactions in one transaction overflow PostgreSQL's per-backend subxid
+   cache, which slows down every other session's snapshots.
+3. Commit; then dead letters are published (persistent, publisher confirms) and recorded with
+   pm.record_dead_letter; then everything done is acknowledged with one `multiple` ack.
+
+Nothing is acknowledged before its commit. Transient database failures (connection lost, class
+08, deadlock, serialization, lock not available) roll back the batch and retry it: deadlocks at
+once a few times, everything else with backoff while the broker connection is kept alive; the
+messages stay unacknowledged meanwhile. A message failing for an unknown reason stays
+unacknowledged in this process and is retried with backoff; after
+POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS attempts it is dead-lettered. The attempt counter is kept
+in memory, keyed by message_id (or the body's SHA-1), so it survives broker redeliveries within
+one process but not a restart of the process (see README).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pika
+import psycopg
+
+from app import db as appdb
+from app.settings import Settings
+from consumers import rabbit
+
+log = logging.getLogger("position_manager.consumer")
+
+# kind -> (settings attribute of the queue, one-message query, batch query)
+KINDS = {
+    "order": ("order_queue", "apply_order_event", "pipeline_apply_order_batch"),
+    "position": ("position_queue", "apply_position_event", "pipeline_apply_position_batch"),
+}
+
+DEADLOCK_RETRIES = 3          # a deadlocked batch is retried at once this many times, then with backoff
+IDLE_FLUSH_SECONDS = 0.005    # flush a partial batch when no message arrived for this long
+MAX_BATCH_AGE_SECONDS = 0.05  # ... or when its oldest message waited this long
+KILL_AFTER_COMMITS_ENV = "PM_TEST_KILL_AFTER_COMMITS"  # tests only: SIGKILL self after the Nth commit
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+@dataclass
+class Delivery:
+    """One message received from the broker and what became of it."""
+    tag: int
+    properties: pika.BasicProperties
+    body: bytes
+    redelivered: bool
+    received_at: float
+    text: str | None = None
+    doc: Any = None
+    dead: tuple[str, str] | None = None       # (reason, error code): goes to the dead-letter queue
+    result: dict | None = None                # what the SQL function returned
+    failure: BaseException | None = None      # unknown error in this attempt
+    extra: dict = field(default_factory=dict)
+
+    def decode(self) -> None:
+        try:
+            self.text = self.body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self.dead = (f"invalid UTF-8: {exc}", "invalid_utf8")
+            return
+        try:
+            # NaN/Infinity are not JSON (Python accepts them, PostgreSQL and SPEC §4.3 do not)
+            self.doc = json.loads(self.text, parse_constant=_reject_constant)
+        except ValueError as exc:
+            self.dead = (f"invalid JSON: {exc}", "invalid_json")
+
+    @property
+    def key(self) -> str:
+        """Identity for counting attempts across redeliveries."""
+        return self.properties.message_id or hashlib.sha1(self.body).hexdigest()
+
+    @property
+    def trace_id(self) -> str | None:
+        if isinstance(self.doc, dict) and isinstance(self.doc.get("trace_id"), str):
+            return self.doc["trace_id"]
+        headers = self.properties.headers or {}
+        value = headers.get("trace_id")
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+    @property
+    def event_id(self) -> str | None:
+        if isinstance(self.doc, dict):
+            for name in ("event_id", "execution_id", "execId", "id"):
+                if isinstance(self.doc.get(name), (str, int)):
+                    return str(self.doc[name])
+        return self.properties.message_id
+
+    @property
+    def lock_key(self) -> str:
+        return lock_key(self.doc)
+
+
+def lock_key(doc: Any) -> str:
+    """The symbol a message is about, or "" when it cannot be told. Only an ordering hint:
+    a batch is applied in (symbol, arrival) order so that concurrent batches (two consumers, or
+    the order and the position consumer) lock position rows in the same order and do not
+    deadlock. Messages of one symbol keep their relative order."""
+    if isinstance(doc, list):
+        doc = doc[0] if doc else None
+    if not isinstance(doc, dict):
+        return ""
+    for container in (doc, doc.get("order"), doc.get("payload"), doc.get("data")):
+        if isinstance(container, list):
+            container = container[0] if container else None
+        if isinstance(container, dict):
+            for name in ("asset", "symbol"):
+                value = container.get(name)
+                if isinstance(value, str):
+                    return value.strip().upper()
+    return ""
+
+
+def _json_safe(value: Any) -> Any:
+    """AMQP header values (bytes, Decimal, datetime, nested tables) as JSON values."""
+    return json.loads(json.dumps(value, default=lambda v: v.decode("utf-8", "replace")
+                                 if isinstance(v, bytes) else str(v)))
+
+
+class QueueConsumer:
+    def __init__(self, settings: Settings, kind: str) -> None:
+        queue_attr, self.one_query, self.batch_query = KINDS[kind]
+        self.settings = settings
+        self.kind = kind
+        self.queue: str = getattr(settings, queue_attr)
+        self.stopping = False
+        self.db: psycopg.Connection | None = None
+        self.mq: pika.BlockingConnection | None = None
+        self.channel = None
+        self.publisher: rabbit.ConfirmingPublisher | None = None
+        self.pending: list[Delivery] = []
+        self.retry: list[tuple[float, Delivery]] = []
+        self.attempts: dict[str, int] = {}
+        self.last_arrival = 0.0
+        self.commits = 0
+        self.kill_after_commits = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
+        self.db_backoff = rabbit.Backoff()
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    def stop(self, *_args) -> None:
+        """SIGTERM/SIGINT: finish the batch in hand (commit, ack), then close."""
+        self.stopping = True
+
+    def run(self) -> None:
+        mq_backoff = rabbit.Backoff()
+        while not self.stopping:
+            try:
+                self._ensure_db()
+                if self.stopping:
+                    break
+                self._connect_mq()
+                mq_backoff.reset()
+                self._consume()
+            except rabbit.BROKER_ERRORS as exc:
+                self._drop_mq()
+                delay = mq_backoff.next_delay()
+                log.warning("broker connection lost, reconnecting", extra={
+                    "queue": self.queue, "error": repr(exc), "retry_in_seconds": round(delay, 2)})
+                self._sleep(delay)
+        self._close()
+
+    def _sleep(self, seconds: float) -> None:
+        """Sleep, servicing the broker connection (heartbeats) when there is one; wake on stop."""
+        deadline = time.monotonic() + seconds
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            if self.mq is not None and self.mq.is_open:
+                try:
+                    self.mq.sleep(min(left, 0.25))
+                    continue
+                except rabbit.BROKER_ERRORS:
+                    pass  # noticed again by the caller's next broker operation
+            time.sleep(min(left, 0.25))
+
+    def _ensure_db(self) -> None:
+        """A working database connection, waiting with backoff (and without consuming) until then."""
+        while self.db is None or self.db.closed or self.db.broken:
+            try:
+                self.db = appdb.connect(self.settings, autocommit=True)
+                self.db_backoff.reset()
+                log.info("database connected", extra={"queue": self.queue})
+            except psycopg.Error as exc:
+                delay = self.db_backoff.next_delay()
+                log.warning("database unreachable, retrying", extra={
+                    "queue": self.queue, "error": str(exc).strip(), "retry_in_seconds": round(delay, 2)})
+                self._sleep(delay)
+                if self.stopping:
+                    return
+
+    def _connect_mq(self) -> None:
+        self.mq = rabbit.connect(self.settings, f"consumer:{self.kind}")
+        self.channel = rabbit.declare_queue(self.mq, self.mq.channel(), self.settings, self.queue)
+        publish_channel = self.mq.channel()
+        publish_channel = rabbit.declare_queue(self.mq, publish_channel, self.settings,
+                                               self.settings.dead_letter_queue)
+        self.publisher = rabbit.ConfirmingPublisher(self.mq, publish_channel)
+        self.channel.basic_qos(prefetch_count=self.settings.consumer_prefetch)
+        self.channel.basic_consume(self.queue, self._on_message, auto_ack=False)
+        log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
+                                     "batch_size": self.settings.consumer_batch_size})
+
+    def _drop_mq(self) -> None:
+        # delivery tags die with the channel: whatever was unacknowledged is redelivered
+        self.pending.clear()
+        self.retry.clear()
+        if self.mq is not None:
+            try:
+                if self.mq.is_open:
+                    self.mq.close()
+            except Exception:  # noqa: BLE001 - already broken; nothing more to do
+                pass
+        self.mq = self.channel = self.publisher = None
+
+    def _close(self) -> None:
+        if self.mq is not None and self.mq.is_open:
+            try:
+                self.mq.close()   # unacknowledged messages (held retries, prefetch) go back to the queue
+            except rabbit.BROKER_ERRORS:
+                pass
+        if self.db is not None:
+            self.db.close()
+        log.info("stopped", extra={"queue": self.queue})
+
+    # ---- consuming ---------------------------------------------------------------------------
+
+    def _on_message(self, _channel, method, properties, body: bytes) -> None:
+        delivery = Delivery(method.delivery_tag, properties, body, method.redelivered, time.monotonic())
+        delivery.decode()
+        self.pending.append(delivery)
+        self.last_arrival = delivery.received_at
+
+    def _consume(self) -> None:
+        batch_size = self.settings.consumer_batch_size
+        while True:
+            wait = IDLE_FLUSH_SECONDS if self.pending else 0.25
+            if self.retry:
+                wait = min(wait, max(0.0, min(due for due, _ in self.retry) - time.monotonic()))
+            if not self.stopping:
+                self.mq.process_data_events(time_limit=wait)
+            self._promote_due_retries()
+            while self.pending and (self.stopping or len(self.pending) >= batch_size or self._batch_is_ripe()):
+                batch = self.pending[:batch_size]
+                del self.pending[:batch_size]
+                if not self._flush(batch):
+                    return  # stopping while the database is down: leave them unacknowledged
+            if self.stopping:
+                return
+
+    def _batch_is_ripe(self) -> bool:
+        now = time.monotonic()
+        return (now - self.last_arrival >= IDLE_FLUSH_SECONDS
+                or now - self.pending[0].received_at >= MAX_BATCH_AGE_SECONDS)
+
+    def _promote_due_retries(self) -> None:
+        if not self.retry:
+            return
+        now = time.monotonic()
+        due = [d for t, d in self.retry if t <= now]
+        if due:
+            self.retry = [(t, d) for t, d in self.retry if t > now]
+            self.pending[:0] = due
+            self.last_arrival = 0.0  # flush them now
+
+    # ---- one batch -------------------------------------------------------------------------
+
+    def _flush(self, batch: list[Delivery]) -> bool:
+        """Apply, commit, dead-letter and acknowledge one batch. False when stopping before a commit."""
+        for d in batch:
+            d.result, d.failure = None, None
+        todo = sorted((d for d in batch if d.dead is None), key=lambda d: d.lock_key)
+        if not self._commit_with_retries(todo):
+            return False
+        self._count_failures(batch)
+        dead = [d for d in batch if d.dead is not None]
+        if dead:
+            self._dead_letter(dead)
+        self._ack([d for d in batch if d.failure is None or d.dead is not None])
+        self._log(batch)
+        return True
+
+    def _commit_with_retries(self, todo: list[Delivery]) -> bool:
+        deadlocks = 0
+        while True:
+            try:
+                self._ensure_db()
+                if self.db is None or self.db.closed:
+                    return False
+                self._apply(todo)
+                self.db_backoff.reset()
+                break
+            except psycopg.Error as exc:
+                if not rabbit.is_transient_db_error(exc):
+                    raise
+                for d in todo:
+                    d.result, d.failure, d.dead = None, None, None
+                if rabbit.is_deadlock(exc) and deadlocks < DEADLOCK_RETRIES:
+                    deadlocks += 1
+                    log.info("deadlock or serialization failure, retrying the batch", extra={
+                        "queue": self.queue, "sqlstate": exc.sqlstate, "attempt": deadlocks})
+                    continue
+                if self.stopping:
+                    log.warning("stopping while the database fails: batch left unacknowledged",
+                                extra={"queue": self.queue, "messages": len(todo)})
+                    return False
+                delay = self.db_backoff.next_delay()
+                log.warning("database error, batch rolled back and retried later (not acknowledged)", extra={
+                    "queue": self.queue, "sqlstate": getattr(exc, "sqlstate", None), "error": str(exc).strip(),
+                    "messages": len(todo), "retry_in_seconds": round(delay, 2)})
+                if self.db is not None and (self.db.broken or self.db.closed):
+                    self.db.close()
+                    self.db = None
+                self._sleep(delay)
+                if self.stopping and (self.db is None or self.db.closed):
+                    return False
+        self.commits += 1
+        if self.kill_after_commits and self.commits >= self.kill_after_commits:
+            # tests only: die between commit and ack, to prove a redelivery has no second effect
+            os.kill(os.getpid(), signal.SIGKILL)
+        return True
+
+    def _apply(self, todo: list[Delivery]) -> None:
+        if not todo:
+            return
+        try:
+            with self.db.transaction():
+                rows = self.db.execute(appdb.q(self.batch_query), {"events": [d.text for d in todo]}).fetchall()
+            for ordinal, result in rows:
+                todo[ordinal - 1].result = result
+            return
+        except psycopg.Error as exc:
+            if rabbit.is_transient_db_error(exc):
+                raise
+            log.info("a message of the batch failed, applying one by one", extra={
+                "queue": self.queue, "sqlstate": exc.sqlstate, "messages": len(todo)})
+        with self.db.transaction():
+            for d in todo:
+                try:
+                    with self.db.transaction():
+                        d.result = self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0]
+                except psycopg.Error as exc:
+                    if rabbit.is_transient_db_error(exc):
+                        raise
+                    if rabbit.is_invalid_input(exc):
+                        d.dead = (exc.diag.message_primary or str(exc), exc.sqlstate)
+                    else:
+                        d.failure = exc
+
+    def _count_failures(self, batch: list[Delivery]) -> None:
+        """Unknown failures: retry later with backoff, dead-letter after max_delivery_attempts."""
+        now = time.monotonic()
+        for d in batch:
+            if d.failure is None:
+                self.attempts.pop(d.key, None)
+                continue
+            attempts = self.attempts.get(d.key, 0) + 1
+            self.attempts[d.key] = attempts
+            error = f"{type(d.failure).__name__}: {str(d.failure).strip()}"
+            code = getattr(d.failure, "sqlstate", None) or "unknown"
+            if attempts >= self.settings.max_delivery_attempts:
+                d.dead = (f"failed {attempts} times, last error {error}", code)
+                self.attempts.pop(d.key, None)
+                continue
+            delay = min(30.0, 0.5 * 2 ** (attempts - 1))
+            log.warning("message failed for an unknown reason, will retry", extra={
+                "queue": self.queue, "event_id": d.event_id, "trace_id": d.trace_id, "sqlstate": code,
+                "error": error, "attempt": attempts, "retry_in_seconds": delay})
+            self.retry.append((now + delay, d))
+
+    def _dead_letter(self, dead: list[Delivery]) -> None:
+        """Publish to the dead-letter queue (confirmed), record in PostgreSQL; the caller acks after."""
+        messages = []
+        for d in dead:
+            reason, code = d.dead
+            headers = dict(d.properties.headers or {})
+            headers.update({"x-death-reason": reason[:1000], "x-source-queue": self.queue, "x-error-code": code,
+                            "x-original-message-id": d.properties.message_id})
+            properties = pika.BasicProperties(
+                content_type=d.properties.content_type or "application/json",
+                delivery_mode=pika.DeliveryMode.Persistent, message_id=d.properties.message_id,
+                correlation_id=d.properties.correlation_id, timestamp=d.properties.timestamp, headers=headers)
+            messages.append((self.settings.dead_letter_queue, d.body, properties))
+        self.publisher.publish_all(messages)
+        while True:
+            try:
+                self._ensure_db()
+                with self.db.transaction():
+                    for d in dead:
+                        self.db.execute(appdb.q("pipeline_record_dead_letter"), {
+                            "queue": self.queue, "reason": d.dead[0], "error_code": d.dead[1],
+                            "message_id": d.properties.message_id,
+                            "body": d.body.decode("utf-8", "backslashreplace").replace("\x00", "\\x00"),
+                            "headers": json.dumps(_json_safe(d.properties.headers or {}))})
+                break
+            except psycopg.Error as exc:
+                if not rabbit.is_transient_db_error(exc) or self.stopping:
+                    # the message is in the dead-letter queue already; losing the record is better
+                    # than blocking the queue on it
+                    log.error("could not record a dead letter", extra={"queue": self.queue, "error": str(exc)})
+                    break
+                self.db = None if (self.db and (self.db.broken or self.db.closed)) else self.db
+                self._sleep(self.db_backoff.next_delay())
+        for d in dead:
+            log.warning("dead-lettered", extra={
+                "queue": self.queue, "event_id": d.event_id, "trace_id": d.trace_id, "status": "dead_letter",
+                "reason": d.dead[0], "error_code": d.dead[1], "delivery_tag": d.tag})
+
+    def _ack(self, done: list[Delivery]) -> None:
+        if not done:
+            return
+        top = max(d.tag for d in done)
+        held = {d.tag for d in self.pending} | {d.tag for _, d in self.retry}
+        if not any(tag < top for tag in held):
+            self.channel.basic_ack(delivery_tag=top, multiple=True)
+        else:
+            for d in done:  # a held (retrying) message lies below: a multiple ack would take it too
+                self.channel.basic_ack(delivery_tag=d.tag)
+
+    def _log(self, batch: list[Delivery]) -> None:
+        for d in batch:
+            if d.result is None:
+                continue
+            result = d.result
+            position = result.get("position")
+            if position is None and isinstance(result.get("results"), list):
+                positions = [r.get("position") for r in result["results"] if isinstance(r, dict) and r.get("position")]
+                position = positions[-1] if positions else None
+            log.info("message processed", extra={
+                "queue": self.queue, "event_id": d.event_id, "trace_id": d.trace_id,
+                "status": result.get("status"), "reason": result.get("reason"),
+                "asset": position.get("asset") if position else None,
+                "position_version": position.get("version") if position else None,
+                "delivery_tag": d.tag, "redelivered": d.redelivered})
+
+
+def run(settings: Settings, kind: str) -> None:
+    consumer = QueueConsumer(settings, kind)
+    signal.signal(signal.SIGTERM, consumer.stop)
+    signal.signal(signal.SIGINT, consumer.stop)
+    consumer.run()

@@ -1,0 +1,182 @@
+"""The outbox relay (SPEC §4.2): publishes the rows of pm.outbox to their queues.
+
+One loop: in a transaction, claim the oldest unpublished rows (pm.outbox_claim, FOR UPDATE SKIP
+LOCKED), publish them (persistent, application/json, message_id = event id, header trace_id,
+mandatory) and wait until the broker confirmed every one, mark them published, commit. A crash
+or a lost connection anywhere before the commit leaves the rows unpublished: they are published
+again (a duplicate that consumers recognise by message_id), never lost.
+
+It sleeps on LISTEN pm_outbox (the outbox's insert trigger notifies at commit) with a slow
+safety poll, never a hot poll. After publishing position changes it asks
+pm.enqueue_portfolio_event to add one coalesced portfolio_updated event (at most one per
+POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL seconds), retrying until that interval has passed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+
+import pika
+import psycopg
+
+from app import db as appdb
+from app.settings import Settings
+from consumers import rabbit
+
+log = logging.getLogger("position_manager.relay")
+
+CLAIM_BATCH = 500            # rows per transaction
+SAFETY_POLL_SECONDS = 5.0    # publish even if a notification was missed
+KILL_AFTER_PUBLISH_ENV = "PM_TEST_RELAY_KILL_AFTER_PUBLISH"  # tests only: SIGKILL self before marking
+
+
+class OutboxRelay:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.queues = {
+            "position_updated": settings.position_updated_queue,
+            "portfolio_updated": settings.portfolio_updated_queue,
+            "position_snapshot_created": settings.snapshot_created_queue,
+        }
+        self.stopping = False
+        self.listen_conn: psycopg.Connection | None = None
+        self.db: psycopg.Connection | None = None
+        self.mq: pika.BlockingConnection | None = None
+        self.publisher: rabbit.ConfirmingPublisher | None = None
+        self.portfolio_pending_since: float | None = None
+        self.kill_after_publish = os.environ.get(KILL_AFTER_PUBLISH_ENV) == "1"
+        self.published_total = 0
+
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+    # ---- connections -----------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        if self.listen_conn is None or self.listen_conn.closed or self.listen_conn.broken:
+            self.listen_conn = appdb.connect(self.settings, autocommit=True)
+            self.listen_conn.execute(appdb.q("pipeline_listen_outbox"))
+        if self.db is None or self.db.closed or self.db.broken:
+            self.db = appdb.connect(self.settings, autocommit=True)
+        if self.mq is None or not self.mq.is_open:
+            self.mq = rabbit.connect(self.settings, "relay")
+            channel = self.mq.channel()
+            for queue in self.queues.values():
+                channel = rabbit.declare_queue(self.mq, channel, self.settings, queue)
+            self.publisher = rabbit.ConfirmingPublisher(self.mq, channel)
+            log.info("relay connected", extra={"queues": list(self.queues.values())})
+
+    def _drop(self, broker: bool, database: bool) -> None:
+        if database:
+            for conn in (self.listen_conn, self.db):
+                if conn is not None:
+                    conn.close()
+            self.listen_conn = self.db = None
+        if broker and self.mq is not None:
+            try:
+                if self.mq.is_open:
+                    self.mq.close()
+            except Exception:  # noqa: BLE001 - already broken
+                pass
+            self.mq = self.publisher = None
+
+    # ---- main loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        backoff = rabbit.Backoff()
+        while not self.stopping:
+            try:
+                self._connect()
+                self._drain()
+                backoff.reset()
+                self._wait()
+            except rabbit.BROKER_ERRORS as exc:
+                self._drop(broker=True, database=False)
+                self._pause(backoff, "broker connection lost or publish not confirmed", exc)
+            except psycopg.Error as exc:
+                if not rabbit.is_transient_db_error(exc):
+                    raise
+                self._drop(broker=False, database=True)
+                self._pause(backoff, "database unreachable", exc)
+        self._drop(broker=True, database=True)
+        log.info("relay stopped", extra={"published": self.published_total})
+
+    def _pause(self, backoff: rabbit.Backoff, what: str, exc: BaseException) -> None:
+        delay = backoff.next_delay()
+        log.warning(f"{what}, retrying", extra={"error": str(exc).strip() or repr(exc),
+                                                "retry_in_seconds": round(delay, 2)})
+        deadline = time.monotonic() + delay
+        while not self.stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _drain(self) -> None:
+        """Publish until nothing is pending; then maybe enqueue (and publish) portfolio_updated."""
+        while not self.stopping:
+            published = self._publish_batch()
+            if published:
+                continue
+            if self._maybe_enqueue_portfolio():
+                continue
+            return
+
+    def _publish_batch(self) -> int:
+        with self.db.transaction():
+            rows = self.db.execute(appdb.q("pipeline_outbox_claim"), {"limit": CLAIM_BATCH}).fetchall()
+            if not rows:
+                return 0
+            messages = []
+            for _id, event_id, event_type, trace_id, payload in rows:
+                headers = {"trace_id": trace_id} if trace_id else {}
+                properties = pika.BasicProperties(
+                    content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                    message_id=str(event_id), headers=headers, type=event_type)
+                messages.append((self.queues[event_type], payload.encode("utf-8"), properties))
+            self.publisher.publish_all(messages)
+            if self.kill_after_publish:
+                os.kill(os.getpid(), signal.SIGKILL)  # tests only: published, not yet marked
+            self.db.execute(appdb.q("pipeline_outbox_mark_published"), {"ids": [r[0] for r in rows]})
+        self.published_total += len(rows)
+        if any(r[2] == "position_updated" for r in rows) and self.portfolio_pending_since is None:
+            self.portfolio_pending_since = time.monotonic()
+        for _id, event_id, event_type, trace_id, _payload in rows:
+            log.debug("event published", extra={"event_id": str(event_id), "event_type": event_type,
+                                                "trace_id": trace_id, "queue": self.queues[event_type]})
+        log.info("events published", extra={"count": len(rows), "published_total": self.published_total})
+        return len(rows)
+
+    def _maybe_enqueue_portfolio(self) -> bool:
+        """True when a portfolio_updated row was added (to be published now)."""
+        if self.portfolio_pending_since is None:
+            return False
+        with self.db.transaction():
+            added = self.db.execute(appdb.q("pipeline_enqueue_portfolio_event"), {
+                "interval": self.settings.portfolio_event_interval}).fetchone()[0]
+        interval = float(self.settings.portfolio_event_interval)
+        if added or time.monotonic() - self.portfolio_pending_since > interval + 1.0:
+            # added, or a whole interval passed: a false answer now means nothing changed since
+            # the last portfolio event (another relay emitted it)
+            self.portfolio_pending_since = None
+        return bool(added)
+
+    def _wait(self) -> None:
+        """Sleep until notified, the safety poll, or the next portfolio check; stay responsive to stop."""
+        timeout = SAFETY_POLL_SECONDS
+        if self.portfolio_pending_since is not None:
+            timeout = min(timeout, max(0.05, float(self.settings.portfolio_event_interval) / 4))
+        deadline = time.monotonic() + timeout
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            notified = False
+            for _notify in self.listen_conn.notifies(timeout=min(left, 1.0), stop_after=1):
+                notified = True
+            self.mq.process_data_events(time_limit=0)  # heartbeats
+            if notified:
+                return
+
+
+def run(settings: Settings) -> None:
+    relay = OutboxRelay(settings)
+    signal.signal(signal.SIGTERM, relay.stop)
+    signal.signal(signal.SIGINT, relay.stop)
+    relay.run()
