@@ -1,0 +1,67 @@
+"""The REST API (SPEC §3): a Falcon WSGI app built from its dependencies.
+
+`create_app(pool, settings)` wires resources and middleware (tests pass their own pool and
+settings); `get_app()` reads the environment and is what gunicorn loads, once per worker, after
+the fork (see app/api/gunicorn_conf.py), so each worker owns its own connection pool.
+"""
+from __future__ import annotations
+
+import falcon
+from psycopg_pool import ConnectionPool
+
+from app import logs
+from app.api import errors, resources
+from app.api.cache import PortfolioCache
+from app.api.health import BrokerProbe, HealthResource
+from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
+from app.db import make_pool
+from app.settings import ConfigError, Settings, load
+
+# Waiting longer than this for a pooled connection means the database is in trouble: answer 503.
+POOL_TIMEOUT_SECONDS = 3.0
+
+EXPOSURE_FIELDS = ("total_exposure_usdt", "net_exposure_usdt", "calculated_at")
+PNL_FIELDS = ("total_unrealized_pnl_usdt", "total_realized_pnl_usdt", "total_pnl_usdt", "calculated_at")
+
+
+def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | None = None) -> falcon.App:
+    keys = settings.valid_api_keys()
+    middleware = [TraceMiddleware(), ConnectionMiddleware(pool), AuthMiddleware(keys)]
+    if settings.rate_limit_enabled:
+        middleware.append(RateLimitMiddleware(keys))
+    app = falcon.App(middleware=middleware)
+    app.add_error_handler(Exception, errors.handle)
+    app.add_error_handler(falcon.HTTPError, errors.handle)
+
+    cache = PortfolioCache(float(settings.metrics_cache_ttl))
+    broker = broker or BrokerProbe(settings.rabbitmq_host, settings.rabbitmq_port)
+    app.add_route("/health", HealthResource(pool, broker, settings.service_name))
+    app.add_route("/openapi.yaml", resources.OpenApiResource())
+    app.add_route("/api/v1/positions", resources.PositionsResource())
+    app.add_route("/api/v1/positions/{asset}", resources.PositionResource())
+    app.add_route("/api/v1/positions/{asset}/validate", resources.ValidateResource())
+    app.add_route("/api/v1/positions/{asset}/snapshot", resources.SnapshotResource())
+    app.add_route("/api/v1/positions/{asset}/snapshots", resources.SnapshotsResource())
+    app.add_route("/api/v1/portfolio", resources.PortfolioResource(cache))
+    app.add_route("/api/v1/portfolio/exposure", resources.PortfolioPartResource(cache, "exposure", EXPOSURE_FIELDS))
+    app.add_route("/api/v1/portfolio/pnl", resources.PortfolioPartResource(cache, "pnl", PNL_FIELDS))
+    if settings.bench_reference:
+        app.add_route("/bench/select1", resources.SelectOneResource())
+    return app
+
+
+def make_api_pool(settings: Settings) -> ConnectionPool:
+    """The worker's pool: one connection per gunicorn thread at least."""
+    size = max(settings.db_pool_size, settings.api_threads)
+    return make_pool(settings, min_size=1, max_size=size, timeout=POOL_TIMEOUT_SECONDS,
+                     name=f"{settings.service_name}-api")
+
+
+def get_app() -> falcon.App:
+    """gunicorn entry point (`app.api:get_app()`): settings from the environment, JSON logs, a pool."""
+    settings = load()
+    if not settings.valid_api_keys():
+        raise ConfigError("POSITION_MANAGER_API_KEY is required but not set (or name keys in "
+                          "POSITION_MANAGER_RATE_LIMIT_OVERRIDES)")
+    logs.setup(settings.service_name, settings.log_level)
+    return create_app(make_api_pool(settings), settings)

@@ -1,0 +1,80 @@
+"""GET /health: database (with pm.health() counters) and RabbitMQ reachability.
+
+The API does not use RabbitMQ itself, but the consumers of this deployment do: a broker that
+cannot be reached makes the service "degraded" (still answering from the database). The broker is
+probed with a TCP connect of short timeout, cached a few seconds so that a load balancer polling
+/health does not open a socket per poll.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+
+import falcon
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from app.db import q
+
+log = logging.getLogger("position_manager.api")
+
+HEALTH_DB_TIMEOUT = 2.0
+
+
+class BrokerProbe:
+    """Is host:port accepting TCP connections? Answer cached for `ttl` seconds."""
+
+    def __init__(self, host: str, port: int, ttl: float = 5.0, timeout: float = 0.5):
+        self.address = (host, port)
+        self.ttl = ttl
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._up = False
+
+    def reachable(self) -> bool:
+        with self._lock:
+            if time.monotonic() - self._checked_at < self.ttl:
+                return self._up
+            try:
+                with socket.create_connection(self.address, timeout=self.timeout):
+                    self._up = True
+            except OSError:
+                self._up = False
+            self._checked_at = time.monotonic()
+            return self._up
+
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class HealthResource:
+    def __init__(self, pool: ConnectionPool, broker: BrokerProbe, service: str):
+        self.pool = pool
+        self.broker = broker
+        self.service = service
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        queue_connected = self.broker.reachable()
+        body: dict = {"service": self.service, "queue_connected": queue_connected}
+        try:
+            with self.pool.connection(timeout=HEALTH_DB_TIMEOUT) as conn:
+                conn.autocommit = True
+                (counters,) = conn.execute(q("api_health")).fetchone()
+        except (PoolTimeout, psycopg.OperationalError) as exc:
+            log.warning("health: database unreachable: %s", exc)
+            body.update(status="unhealthy", database_connected=False, positions_count=None,
+                        timestamp=utc_now_iso())
+            resp.status = falcon.HTTP_503
+            resp.set_header("Retry-After", "5")
+        else:
+            body.update(counters)
+            body.update(status="healthy" if queue_connected else "degraded", database_connected=True,
+                        timestamp=utc_now_iso())
+        resp.content_type = falcon.MEDIA_JSON
+        resp.text = json.dumps(body)

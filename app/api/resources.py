@@ -1,0 +1,172 @@
+"""The endpoints of SPEC §3. Each resource checks its parameters and makes one SQL call.
+
+Bodies come back from SQL as JSON text (decimals as strings, timestamps ISO Z, built by
+pm.position_json / pm.portfolio_json / ...) and are sent as they are: no arithmetic and no
+re-serialisation in Python.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import falcon
+
+from app.api import params
+from app.api.cache import PortfolioCache
+from app.api.errors import not_found
+from app.api.middleware import connection, key_hash
+from app.db import q
+
+OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
+POSITIONS_LIMIT_MAX = 10000
+SNAPSHOTS_LIMIT_MAX = 1000
+
+
+def _json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = body
+
+
+def _one(req: falcon.Request, name: str, args: dict) -> str:
+    (body,) = connection(req).execute(q(name), args).fetchone()
+    return body
+
+
+def _actor(req: falcon.Request) -> str:
+    """Who asked, for the audit trail: the key's hash prefix, never the key."""
+    return "api:" + key_hash(req.context.api_key)[:12] if req.context.api_key else "api"
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    """If-None-Match with weak comparison (RFC 9110 §13.1.2)."""
+    if not header:
+        return False
+    opaque = etag.removeprefix("W/")
+    for candidate in header.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == opaque:
+            return True
+    return False
+
+
+class PositionsResource:
+    """GET /api/v1/positions"""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        args = {
+            "asset": params.asset(req),
+            "mode": params.mode(req, default=None),  # a filter here: absent = both modes
+            "size_min": params.decimal(req, "size_min"),
+            "size_max": params.decimal(req, "size_max"),
+            "status": params.choice(req, "status", ("open", "closed", "all"), "all"),
+            "limit": params.integer(req, "limit", default=1000, minimum=0, maximum=POSITIONS_LIMIT_MAX),
+            "offset": params.integer(req, "offset", default=0, minimum=0),
+        }
+        _json(resp, _one(req, "api_list_positions", args))
+
+
+class PositionResource:
+    """GET /api/v1/positions/{asset}: ETag from version, If-None-Match -> 304."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        asset = params.asset_value(asset)
+        mode = params.mode(req)
+        body, version = connection(req).execute(q("api_get_position"), {"asset": asset, "mode": mode}).fetchone()
+        if body is None:
+            raise not_found(f"no position {asset} ({mode})")
+        # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
+        etag = f'W/"{version}"'
+        resp.set_header("ETag", etag)
+        if _etag_matches(req.get_header("If-None-Match"), etag):
+            resp.status = falcon.HTTP_304
+            return
+        _json(resp, body)
+
+
+class ValidateResource:
+    """POST /api/v1/positions/{asset}/validate"""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req),
+                "fix": params.boolean(req, "fix_discrepancies", False),
+                "trace": req.context.trace_id, "actor": _actor(req)}
+        _json(resp, _one(req, "api_validate_position", args))
+
+
+class SnapshotResource:
+    """POST /api/v1/positions/{asset}/snapshot"""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "trace": req.context.trace_id}
+        _json(resp, _one(req, "api_snapshot_position", args), falcon.HTTP_201)
+
+
+class SnapshotsResource:
+    """GET /api/v1/positions/{asset}/snapshots: newest first."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        args = {
+            "asset": params.asset_value(asset),
+            "mode": params.mode(req),
+            "limit": params.integer(req, "limit", default=100, minimum=1, maximum=SNAPSHOTS_LIMIT_MAX),
+            "offset": params.integer(req, "offset", default=0, minimum=0),
+            "from": params.timestamp(req, "from"),
+            "to": params.timestamp(req, "to"),
+        }
+        if args["from"] and args["to"] and args["from"] > args["to"]:
+            raise params.bad_parameter("from", "must not be after to")
+        _json(resp, _one(req, "api_list_snapshots", args))
+
+
+class PortfolioResource:
+    """GET /api/v1/portfolio (cached per process, see app/api/cache.py)."""
+
+    def __init__(self, cache: PortfolioCache):
+        self.cache = cache
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        asset = params.asset(req)
+        include = params.boolean(req, "include_positions", False)
+        query = "api_portfolio_with_positions" if include else "api_portfolio"
+
+        def compute(conn):
+            return tuple(conn.execute(q(query), {"asset": asset}).fetchone())
+
+        _json(resp, self.cache.get(("portfolio", asset, include), connection(req), compute))
+
+
+class PortfolioPartResource:
+    """GET /api/v1/portfolio/exposure and /pnl: fields of the (cached) portfolio of all assets."""
+
+    def __init__(self, cache: PortfolioCache, part: str, fields: tuple[str, ...]):
+        self.cache = cache
+        self.part = part
+        self.fields = fields
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        def compute(conn):
+            change_id, body = conn.execute(q("api_portfolio"), {"asset": None}).fetchone()
+            metrics = json.loads(body)
+            return change_id, json.dumps({name: metrics[name] for name in self.fields})
+
+        _json(resp, self.cache.get((self.part,), connection(req), compute))
+
+
+class OpenApiResource:
+    """GET /openapi.yaml: the description of this API, read once."""
+
+    def __init__(self):
+        self.body = OPENAPI_FILE.read_bytes()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.content_type = "application/yaml"
+        resp.data = self.body
+
+
+class SelectOneResource:
+    """GET /bench/select1: the benchmark's reference (only with POSITION_MANAGER_BENCH_REFERENCE=1)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        (value,) = connection(req).execute(q("api_select_one")).fetchone()
+        _json(resp, '{"value": %d}' % value)

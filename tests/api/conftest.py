@@ -1,0 +1,230 @@
+"""Fixtures of the API tests: the Falcon app on this test's database, a real gunicorn, helpers
+that change positions through the SQL core (as the consumers do), and a TCP proxy in front of
+PostgreSQL that a test can cut to make the database unreachable."""
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from falcon import testing
+
+from app.api import create_app, make_api_pool
+from app.db import q
+
+ROOT = Path(__file__).resolve().parents[2]
+API_KEY = "test-key"
+KEY_A = "key-a"
+KEY_B = "key-b"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def api_settings(settings):
+    """Rate limits high enough never to interfere; the rate-limit tests set their own."""
+    return settings.with_overrides(rate_limit_default=1_000_000, metrics_cache_ttl=60,
+                                   rate_limit_overrides={KEY_A: 1_000_000})
+
+
+@pytest.fixture
+def make_client():
+    """make_client(settings) -> TestClient over create_app with its own pool (closed at teardown)."""
+    pools = []
+
+    def _make(settings, **kwargs) -> testing.TestClient:
+        pool = make_api_pool(settings)
+        pools.append(pool)
+        return testing.TestClient(create_app(pool, settings, **kwargs), headers={"X-API-Key": API_KEY})
+
+    yield _make
+    for pool in pools:
+        pool.close()
+
+
+@pytest.fixture
+def client(make_client, api_settings) -> testing.TestClient:
+    return make_client(api_settings)
+
+
+# ------------------------------------------------------------------ changing positions (SQL core)
+
+def fill(db, asset: str, side: str, qty: str, price: str, *, fee: str = "0", mode: str | None = None,
+         position_idx: int | None = None, executed_at: str = "2025-01-27T10:00:00Z") -> dict:
+    """One execution (order event shape A) through pm.apply_order_event, as the consumer applies it."""
+    event = {"event_id": str(uuid.uuid4()), "event_type": "order_executed", "execution_id": str(uuid.uuid4()),
+             "order_id": str(uuid.uuid4()), "asset": asset, "side": side, "execution_quantity": qty,
+             "execution_price": price, "execution_fees": fee, "executed_at": executed_at}
+    if mode:
+        event["mode"] = mode
+    if position_idx is not None:
+        event["position_idx"] = position_idx
+    (result,) = db.execute(q("apply_order_event"), {"event": json.dumps(event)}).fetchone()
+    assert result["status"] == "applied", result
+    return result["position"]
+
+
+def set_prices(db, prices: dict[str, str]) -> dict:
+    (result,) = db.execute(q("job_set_prices"), {"prices": json.dumps(prices), "trace": None,
+                                                  "actor": "test"}).fetchone()
+    return result
+
+
+# ------------------------------------------------------------------ a real gunicorn
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, port: int, log_path: Path):
+        self.proc = proc
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def server_environ(settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({
+        "POSTGRES_HOST": settings.postgres_host, "POSTGRES_PORT": str(settings.postgres_port),
+        "POSTGRES_DB": settings.postgres_db, "POSTGRES_USER": settings.postgres_user,
+        "POSTGRES_PASSWORD": settings.postgres_password,
+        "POSITION_MANAGER_API_KEY": API_KEY,
+        "POSITION_MANAGER_LOG_LEVEL": "INFO",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def start_server(tmp_path):
+    """start_server(env) -> Server: bin/serve on a free port, polled until /health answers;
+    the whole process group is killed at teardown."""
+    servers: list[Server] = []
+
+    def _start(env: dict[str, str], *, wait_healthy: bool = True) -> Server:
+        port = free_port()
+        log_path = tmp_path / f"gunicorn-{port}.log"
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen([str(ROOT / "bin" / "serve"), "--bind", f"127.0.0.1:{port}"], env=env,
+                                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        server = Server(proc, port, log_path)
+        servers.append(server)
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"bin/serve exited with {proc.returncode}:\n{server.log()}")
+            try:
+                response = requests.get(server.url + "/health", timeout=2)
+                if response.status_code == 200 or not wait_healthy:
+                    return server
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"bin/serve did not answer on {server.url}:\n{server.log()}")
+            time.sleep(0.1)
+
+    yield _start
+    for server in servers:
+        if server.proc.poll() is None:
+            os.killpg(server.proc.pid, signal.SIGTERM)
+            try:
+                server.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
+
+
+# ------------------------------------------------------------------ a PostgreSQL that can be cut off
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to PostgreSQL. stop() closes the listener and every forwarded
+    connection (the database "goes away"); start() listens again on the same port."""
+
+    def __init__(self, target: tuple[str, int]):
+        self.target = target
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._running = False
+
+    def start(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self._listener = listener
+        self._running = True
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def stop(self) -> None:
+        self._running = False
+        with self._lock:
+            if self._listener is not None:
+                self._listener.close()
+                self._listener = None
+            for sock in list(self._sockets):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._sockets.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while self._running:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if not self._running:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets.update((client, upstream))
+            threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        try:
+            while True:
+                ready, _, _ = select.select([a, b], [], [], 1.0)
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        return
+                    (b if src is a else a).sendall(data)
+        except (OSError, ValueError):
+            return
+        finally:
+            with self._lock:
+                for sock in (a, b):
+                    self._sockets.discard(sock)
+                    sock.close()
+
+
+@pytest.fixture
+def pg_proxy(settings):
+    proxy = TcpProxy((settings.postgres_host, settings.postgres_port))
+    proxy.start()
+    yield proxy
+    proxy.stop()
