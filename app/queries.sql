@@ -117,3 +117,11 @@ SELECT pm.outbox_mark_published(%(ids)s::bigint[])
 -- name: pipeline_enqueue_portfolio_event
 -- One coalesced portfolio_updated event if positions changed and the interval elapsed.
 SELECT pm.enqueue_portfolio_event(%(interval)s::numeric)
+
+-- name: demo_open_positions
+-- bin/demo: which open positions exist yet, and whether they have a price.
+SELECT asset, current_price FROM pm.v_positions WHERE is_open
+
+-- name: demo_portfolio
+-- bin/demo: the portfolio it prints at the end.
+SELECT pm.portfolio_json(NULL)
