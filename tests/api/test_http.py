@@ -1,0 +1,169 @@
+"""Cross-cutting HTTP behaviour: auth on every route but /health and /openapi.yaml, error bodies,
+405, X-Trace-Id, JSON access logs, /health, /openapi.yaml, and the rate limit in one process."""
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+import yaml
+from falcon import testing
+
+from app import logs
+from app.api.health import BrokerProbe
+from tests.api.conftest import API_KEY, KEY_A, fill, free_port
+
+ROUTES = [
+    ("GET", "/api/v1/positions"),
+    ("GET", "/api/v1/positions/BTCUSDT"),
+    ("POST", "/api/v1/positions/BTCUSDT/validate"),
+    ("POST", "/api/v1/positions/BTCUSDT/snapshot"),
+    ("GET", "/api/v1/positions/BTCUSDT/snapshots"),
+    ("GET", "/api/v1/portfolio"),
+    ("GET", "/api/v1/portfolio/exposure"),
+    ("GET", "/api/v1/portfolio/pnl"),
+]
+
+
+@pytest.fixture
+def btc(db):
+    fill(db, "BTCUSDT", "Buy", "1", "50000")
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+@pytest.mark.parametrize("key", [None, "", "wrong-key", API_KEY + "x", API_KEY[:-1]])
+def test_every_api_route_needs_a_valid_key(client, btc, method, path, key):
+    if key is None:  # no header at all (the fixture's client sends the valid key by default)
+        response = testing.TestClient(client.app).simulate_request(method, path)
+    else:
+        response = client.simulate_request(method, path, headers={"X-API-Key": key})
+    assert response.status_code == 401
+    assert response.json["error_code"] == "unauthorized"
+    assert response.json["trace_id"] == response.headers["x-trace-id"]
+
+
+@pytest.mark.parametrize("method, path", ROUTES)
+@pytest.mark.parametrize("key", [API_KEY, KEY_A])
+def test_every_api_route_accepts_the_main_key_and_override_keys(client, btc, method, path, key):
+    response = client.simulate_request(method, path, headers={"X-API-Key": key})
+    assert response.status_code in (200, 201), (path, response.text)
+
+
+def test_health_and_openapi_need_no_key(client):
+    for path in ("/health", "/openapi.yaml"):
+        response = client.simulate_get(path, headers={"X-API-Key": ""})
+        assert response.status_code == 200, path
+
+
+def test_health_reports_database_queue_and_counters(make_client, api_settings, btc):
+    up = make_client(api_settings).simulate_get("/health").json
+    assert up["status"] == "healthy" and up["service"] == api_settings.service_name
+    assert up["database_connected"] is True and up["queue_connected"] is True
+    assert up["positions_count"] == 1
+    assert up["timestamp"].endswith("Z")
+    assert "counters" in up and "outbox_pending" in up
+    # RabbitMQ unreachable (a closed port): degraded, still 200
+    closed = BrokerProbe("127.0.0.1", free_port(), timeout=0.2)
+    degraded = make_client(api_settings, broker=closed).simulate_get("/health")
+    assert degraded.status_code == 200
+    assert degraded.json["status"] == "degraded" and degraded.json["queue_connected"] is False
+    assert degraded.json["database_connected"] is True
+
+
+def test_broker_probe_is_cached():
+    port = free_port()
+    probe = BrokerProbe("127.0.0.1", port, ttl=60, timeout=0.2)
+    assert probe.reachable() is False
+    import socket
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", port))
+        listener.listen(1)
+        assert probe.reachable() is False   # cached answer
+        probe._checked_at = float("-inf")   # expire the cache
+        assert probe.reachable() is True
+
+
+def test_openapi_document_lists_every_route(client):
+    response = client.simulate_get("/openapi.yaml")
+    assert response.headers["content-type"].startswith("application/yaml")
+    document = yaml.safe_load(response.text)
+    assert document["openapi"].startswith("3.")
+    paths = document["paths"]
+    for method, path in ROUTES:
+        template = path.replace("BTCUSDT", "{asset}")
+        assert method.lower() in paths[template], template
+    assert "/health" in paths and "/openapi.yaml" in paths
+
+
+def test_wrong_method_is_405_json(client, btc):
+    for method, path in [("DELETE", "/api/v1/positions/BTCUSDT"), ("POST", "/api/v1/portfolio"),
+                         ("GET", "/api/v1/positions/BTCUSDT/validate"), ("PUT", "/api/v1/positions")]:
+        response = client.simulate_request(method, path)
+        assert response.status_code == 405, (method, path)
+        assert response.json["error_code"] == "method_not_allowed"
+        assert "allow" in response.headers
+
+
+def test_unknown_route_is_404_json(client):
+    response = client.simulate_get("/api/v1/nothing")
+    assert response.status_code == 404
+    assert response.json["error_code"] == "not_found"
+
+
+def test_trace_id_is_echoed_or_generated(client):
+    echoed = client.simulate_get("/api/v1/positions", headers={"X-Trace-Id": "abc-123"})
+    assert echoed.headers["x-trace-id"] == "abc-123"
+    generated = client.simulate_get("/api/v1/positions")
+    other = client.simulate_get("/api/v1/positions")
+    assert len(generated.headers["x-trace-id"]) == 32
+    assert generated.headers["x-trace-id"] != other.headers["x-trace-id"]
+    # something unfit for logs is replaced, not echoed
+    hostile = client.simulate_get("/api/v1/positions", headers={"X-Trace-Id": "a b\tc" + "x" * 300})
+    assert hostile.headers["x-trace-id"] != "a b\tc" + "x" * 300
+    # on errors too, in the header and the body
+    error = client.simulate_get("/api/v1/positions", params={"limit": "x"}, headers={"X-Trace-Id": "err-1"})
+    assert error.headers["x-trace-id"] == "err-1" and error.json["trace_id"] == "err-1"
+    unauthorized = client.simulate_get("/api/v1/positions", headers={"X-API-Key": "", "X-Trace-Id": "auth-1"})
+    assert unauthorized.json["trace_id"] == "auth-1"
+
+
+def test_json_access_log_line_per_request(client):
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    logs.setup("position-manager-test", "INFO", stream=stream)
+    try:
+        client.simulate_get("/api/v1/positions", headers={"X-Trace-Id": "log-1"})
+        client.simulate_get("/api/v1/positions/NOPEUSDT", headers={"X-Trace-Id": "log-2"})
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    access = [line for line in lines if line.get("logger") == "position_manager.api.access"]
+    assert [(a["trace_id"], a["status"]) for a in access] == [("log-1", 200), ("log-2", 404)]
+    for line in access:
+        assert line["service"] == "position-manager-test" and line["level"] == "INFO"
+        assert line["method"] == "GET" and line["path"].startswith("/api/v1/positions")
+        assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+
+
+def test_rate_limit_in_one_process(make_client, api_settings):
+    limited = api_settings.with_overrides(rate_limit_default=3, rate_limit_overrides={KEY_A: 5})
+    client = make_client(limited)
+    statuses = [client.simulate_get("/api/v1/positions").status_code for _ in range(5)]
+    assert statuses == [200, 200, 200, 429, 429]
+    rejected = client.simulate_get("/api/v1/positions")
+    assert rejected.json["error_code"] == "rate_limited"
+    assert 1 <= int(rejected.headers["retry-after"]) <= 60
+    assert rejected.headers["x-ratelimit-remaining"] == "0"
+    # another key has its own budget (its override)
+    other = [client.simulate_get("/api/v1/positions", headers={"X-API-Key": KEY_A}).status_code for _ in range(6)]
+    assert other == [200] * 5 + [429]
+    # /health is not limited
+    assert client.simulate_get("/health").status_code == 200
+
+
+def test_rate_limit_can_be_disabled(make_client, api_settings):
+    client = make_client(api_settings.with_overrides(rate_limit_enabled=False, rate_limit_default=1))
+    assert [client.simulate_get("/api/v1/positions").status_code for _ in range(3)] == [200, 200, 200]
