@@ -166,6 +166,14 @@ class Pipeline:
             delivery_mode=2, content_type="application/json", message_id=message_id, headers=headers))
         channel.close()
 
+    def publish_many(self, queue: str, bodies) -> None:
+        self.declare(queue)
+        channel = self.mq.channel()
+        for body in bodies:
+            channel.basic_publish("", queue, json.dumps(body).encode(), pika.BasicProperties(
+                delivery_mode=2, content_type="application/json"))
+        channel.close()
+
     def drain(self, queue: str) -> list[tuple[pika.BasicProperties, bytes]]:
         """Every message now in the queue (acknowledged, i.e. removed)."""
         self.declare(queue)
