@@ -230,3 +230,11 @@ def ref_fold(fills: list[Fill]) -> RefState:
     for f in sorted(fills, key=lambda x: x.minute):
         ref_apply(st, f)
     return st
+
+
+def messages(conn: psycopg.Connection) -> list[dict]:
+    """The unpublished outbox events as the relay would publish them (pm.outbox_claim adds the event
+    fields to the stored payload), oldest first. Claims nothing for good: autocommit releases the locks
+    and nothing is marked published."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute("SELECT * FROM pm.outbox_claim(100000)").fetchall()

@@ -18,10 +18,6 @@ THREADS = 4
 FILLS_PER_THREAD = 8
 WAIT_LIMIT = 10.0        # seconds: a deadline for polling, never an assertion on speed
 
-LATE_BUG = pytest.mark.xfail(
-    strict=True, raises=psycopg.errors.InvalidTextRepresentation,
-    reason="SQL bug: a late execution raises 22P02 in pm.ledger_insert ('SELECT x.state_after INTO st' "
-           "on a composite variable); concurrent writers deliver out of time order")
 
 
 def with_retry(conn: psycopg.Connection, work, attempts: int = 10):
@@ -65,7 +61,6 @@ def wait_until_blocked(db, pid: int) -> None:
 # Many threads, one position
 # ---------------------------------------------------------------------------------------------
 
-@LATE_BUG
 def test_concurrent_fills_to_one_position_lose_nothing(db, connect):
     rng = random.Random(7)
     n = THREADS * FILLS_PER_THREAD
@@ -158,7 +153,6 @@ def test_crossed_order_deadlock_is_transient_and_nothing_is_lost(db, connect):
         assert (st["size"], st["avg_price"]) == (row["size"], row["average_entry_price"])
 
 
-@LATE_BUG
 def test_crossed_order_many_threads_lose_nothing(db, connect):
     """Threads send two-record messages (AAA+BBB) in opposite orders, committing each, retrying deadlocks."""
     apply_order(db, exec_a("x0", "Buy", 1, 100, "0", 0, asset="AAAUSDT"))

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.sql.helpers import (apply_order, at_naive, bybit_c, bybit_message, close, counts, exec_a, fold,
-                               hedge_a, order_b, outbox_rows, position)
+                               hedge_a, messages, order_b, outbox_rows, position)
 
 POSITION_FIELDS = ("id", "asset", "mode", "side", "size", "long_size", "short_size", "average_entry_price",
                    "long_avg_price", "short_avg_price", "current_price", "price_updated_at", "unrealized_pnl",
@@ -18,13 +18,6 @@ POSITION_FIELDS = ("id", "asset", "mode", "side", "size", "long_size", "short_si
 EVENT_FIELDS = ("event_id", "event_type", "asset", "mode", "version", "update_source", "trace_id", "timestamp")
 ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 
-# Known bugs of the SQL core found by these tests (exact repros in the report / commit message).
-SHAPE_B_BUG = pytest.mark.xfail(
-    strict=True, reason="SQL bug: every shape-B fill raises 42P01 'missing FROM-clause entry for table "
-                        "apply_order_progress_event' (a DECLAREd variable qualified with the function name)")
-LATE_BUG = pytest.mark.xfail(
-    strict=True, reason="SQL bug: a late execution raises 22P02 in pm.ledger_insert: 'SELECT x.state_after INTO st' "
-                        "assigns the composite to st's first field (needs SELECT (x.state_after).* INTO st)")
 
 
 def apply_all(db, events):
@@ -265,7 +258,6 @@ def test_shape_a_explicit_one_way_index_zero(db):
 # Shape B: cumulative order events
 # ---------------------------------------------------------------------------------------------
 
-@SHAPE_B_BUG
 def test_shape_b_partial_then_full_applies_the_difference(db):
     r1 = apply_order(db, order_b("o1", "partially_filled", "Buy", "0.4", "100", "0.04", 0))
     assert r1["status"] == "applied"
@@ -279,12 +271,11 @@ def test_shape_b_partial_then_full_applies_the_difference(db):
                         (row["id"],)).fetchall()
     assert ledger == [(D("0.4"), 100, D("0.04")), (D("0.6"), 105, D("0.06"))]
     assert row["version"] == 2
-    payloads = [r["payload"] for r in outbox_rows(db, row["id"])]
+    payloads = [m["payload"] for m in messages(db)]
     assert [(p["version"], p["trace_id"], p["update_source"]) for p in payloads] == [
         (1, "tr-o1", "order_execution"), (2, "tr-o1", "order_execution")]
 
 
-@SHAPE_B_BUG
 def test_shape_b_same_event_twice_is_duplicate(db):
     ev = order_b("o1", "filled", "Sell", "2", "50", "0.1", 0)
     assert apply_order(db, ev)["status"] == "applied"
@@ -294,7 +285,6 @@ def test_shape_b_same_event_twice_is_duplicate(db):
     assert counts(db) == before_counts
 
 
-@SHAPE_B_BUG
 def test_shape_b_older_partial_after_full_has_no_effect(db):
     apply_order(db, order_b("o1", "filled", "Buy", "1", "100", "0.1", 1))
     before, before_counts = position(db), counts(db)
@@ -311,7 +301,6 @@ def test_shape_b_non_fill_events_are_ignored(db, event_type):
     assert all(n == 0 for n in counts(db).values())
 
 
-@SHAPE_B_BUG
 def test_shape_b_cancelled_after_partial_fill_keeps_the_fill(db):
     apply_order(db, order_b("o1", "partially_filled", "Buy", "0.3", "100", "0", 0))
     before = position(db)
@@ -319,8 +308,6 @@ def test_shape_b_cancelled_after_partial_fill_keeps_the_fill(db):
     assert position(db) == before
 
 
-@pytest.mark.xfail(strict=True, reason="SQL bug: order.is_dry_run=false (JSON boolean, what order-manager "
-                   "sends) raises 22023 'expected a string, got boolean' in pm.apply_order_progress_event")
 @pytest.mark.parametrize("dry", [False, "false"])
 def test_shape_b_real_producer_not_dry_run_is_applied(db, dry):
     res = apply_order(db, order_b("o1", "filled", "Buy", "1", "100", "0", 0, is_dry_run=dry))
@@ -335,13 +322,11 @@ def test_shape_b_dry_run_is_ignored(db, dry):
     assert all(n == 0 for n in counts(db).values())
 
 
-@SHAPE_B_BUG
 def test_shape_b_upper_case_side_sell(db):
     assert apply_order(db, order_b("o1", "filled", "SELL", "2", "100", "0", 0))["status"] == "applied"
     assert_position(position(db), -2, 100, 0)
 
 
-@SHAPE_B_BUG
 def test_shape_b_two_orders_accumulate(db):
     apply_order(db, order_b("o1", "filled", "Buy", "1", "100", "0", 0))
     apply_order(db, order_b("o2", "filled", "Buy", "1", "110", "0", 1))
@@ -411,7 +396,6 @@ def test_same_execution_twice_has_one_effect(db, make):
     assert counts(db) == before_counts       # no ledger row, no outbox row
 
 
-@LATE_BUG
 def test_late_execution_is_recomputed_to_the_in_order_result(db):
     fills = [("l1", "Buy", 10, 100, "0.1", 0), ("l2", "Sell", 4, 120, "0.05", 1), ("l3", "Sell", 10, 90, "0", 2),
              ("l4", "Buy", 2, 95, "-0.01", 3)]
@@ -431,7 +415,6 @@ def test_late_execution_is_recomputed_to_the_in_order_result(db):
     assert [s for (s,) in states] == [10, 6, -4, -2]
 
 
-@LATE_BUG
 def test_late_execution_before_a_close_reopens_correctly(db):
     # in time order: Buy 1 @0, Sell 1 @2 (close), Buy 1 @5 (reopen); delivered 0, 5, 2
     for key, side, m in (("c1", "Buy", 0), ("c3", "Buy", 5), ("c2", "Sell", 2)):
@@ -464,10 +447,10 @@ def test_every_applied_change_adds_one_outbox_row_with_full_payload(db):
     for n, ev in enumerate(events, start=1):
         apply_order(db, ev)
         row = position(db)
-        rows = outbox_rows(db)
-        assert len(rows) == n
-        last = rows[-1]
-        assert last["event_type"] == "position_updated"
+        rows, published = outbox_rows(db), messages(db)
+        assert len(rows) == len(published) == n
+        last = published[-1]
+        assert last["event_type"] == rows[-1]["event_type"] == "position_updated"
         payload = last["payload"]
         for key in EVENT_FIELDS + POSITION_FIELDS:
             assert key in payload, key
@@ -481,8 +464,8 @@ def test_every_applied_change_adds_one_outbox_row_with_full_payload(db):
         assert ISO_Z.match(payload["timestamp"]), payload["timestamp"]
         assert ISO_Z.match(payload["last_updated"])
         assert payload["id"] == str(row["id"])
-    assert outbox_rows(db)[0]["payload"]["trace_id"] == "tr-p1"
-    assert outbox_rows(db)[1]["payload"]["trace_id"] == "tr-ob1"
+    assert messages(db)[0]["payload"]["trace_id"] == "tr-p1"
+    assert messages(db)[1]["payload"]["trace_id"] == "tr-ob1"
     assert len({r["event_id"] for r in outbox_rows(db)}) == len(events)
 
 

@@ -93,8 +93,6 @@ def test_every_execution_twice_gives_the_same_position(db, raw, interleaved):
     assert row["version"] == len(fills)
 
 
-@pytest.mark.xfail(strict=True, reason="SQL bug: a late execution raises 22P02 in pm.ledger_insert "
-                                       "('SELECT x.state_after INTO st' on a composite variable)")
 @PROPERTY_SETTINGS
 @given(raw=st.lists(one_way_fill, min_size=2, max_size=12), seed=st.integers(0, 2**32 - 1))
 def test_shuffled_delivery_gives_the_in_order_position(db, raw, seed):
