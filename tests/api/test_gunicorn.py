@@ -1,0 +1,142 @@
+"""The API under a real gunicorn (bin/serve) over real HTTP: the shared rate limit across 4 workers,
+per-key overrides, the quickstart's curl examples, configuration errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+
+from tests.api.conftest import API_KEY, KEY_A, KEY_B, ROOT, fill, server_environ, set_prices
+
+
+def wait_for_fresh_window(db, needed_seconds: float = 20) -> None:
+    """The limit counts per fixed minute of the database clock: start a burst early in a window
+    so that it cannot straddle two windows (a precondition, not an assertion)."""
+    (left,) = db.execute("SELECT 60 - mod(extract(epoch FROM clock_timestamp())::numeric, 60)").fetchone()
+    if float(left) < needed_seconds:
+        time.sleep(float(left) + 0.2)
+
+
+def burst(url: str, key: str, count: int, threads: int = 16) -> list[requests.Response]:
+    def one(_):
+        with requests.Session() as session:
+            return session.get(url, headers={"X-API-Key": key}, timeout=30)
+
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def test_rate_limit_is_exact_across_four_workers(start_server, settings, db):
+    limit = 30
+    server = start_server(server_environ(settings, POSITION_MANAGER_API_WORKERS="4", POSITION_MANAGER_API_THREADS="4",
+                                         POSITION_MANAGER_RATE_LIMIT_DEFAULT=str(limit),
+                                         POSITION_MANAGER_RATE_LIMIT_OVERRIDES=f"{KEY_A}:12,{KEY_B}:7"))
+    deadline = time.monotonic() + 30
+    while server.log().count("Booting worker") < 4:  # every worker is up before the burst
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    wait_for_fresh_window(db)
+
+    responses = burst(server.url + "/api/v1/positions", API_KEY, 2 * limit)
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses.count(200) == limit and statuses.count(429) == limit, statuses
+    for response in responses:
+        if response.status_code == 429:
+            assert 1 <= int(response.headers["Retry-After"]) <= 60
+            body = response.json()
+            assert body["error_code"] == "rate_limited" and body["trace_id"] == response.headers["X-Trace-Id"]
+
+    # per-key overrides, each with its own budget, concurrently
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda kv: burst(server.url + "/api/v1/portfolio", *kv), [(KEY_A, 20), (KEY_B, 20)])
+    assert sorted(r.status_code for r in a).count(200) == 12
+    assert sorted(r.status_code for r in b).count(200) == 7
+    # /health is never limited
+    assert all(requests.get(server.url + "/health", timeout=10).status_code == 200 for _ in range(5))
+
+
+def curl(*args: str) -> tuple[int, str, dict]:
+    """Run curl as a user would; return (status, body, lower-cased headers)."""
+    out = subprocess.run(["curl", "-s", "-i", *args], capture_output=True, timeout=30, check=True).stdout.decode()
+    head, _, body = out.partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), body, headers
+
+
+def test_quickstart_curl_examples(start_server, settings, db):
+    """The commands of the seed quickstart (../shared/seeds/quickstart.md), host and key adapted."""
+    fill(db, "BTCUSDT", "Buy", "1.5", "50000", fee="0.1")
+    fill(db, "ETHUSDT", "Sell", "3", "3000")
+    set_prices(db, {"BTCUSDT": "50100", "ETHUSDT": "2900"})
+    server = start_server(server_environ(settings, POSITION_MANAGER_API_WORKERS="1",
+                                         POSITION_MANAGER_RATE_LIMIT_DEFAULT="1000"))
+    base = server.url
+    key = f"X-API-Key: {API_KEY}"
+
+    status, body, _ = curl(f"{base}/health")
+    health = json.loads(body)
+    assert status == 200
+    assert {"status", "service", "database_connected", "queue_connected", "positions_count", "timestamp"} <= health.keys()
+    assert health["status"] == "healthy" and health["positions_count"] == 2
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/positions")
+    assert status == 200 and json.loads(body)["count"] == 2
+
+    status, body, headers = curl("-H", key, f"{base}/api/v1/positions/BTCUSDT?mode=one-way")
+    assert status == 200 and json.loads(body)["asset"] == "BTCUSDT" and headers["etag"].startswith('W/"')
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/portfolio")
+    portfolio = json.loads(body)
+    assert status == 200 and set(portfolio["by_asset"]) == {"BTCUSDT", "ETHUSDT"}
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/portfolio/exposure")
+    assert status == 200 and "total_exposure_usdt" in json.loads(body)
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/portfolio/pnl")
+    assert status == 200 and "total_pnl_usdt" in json.loads(body)
+
+    status, body, _ = curl("-X", "POST", "-H", key, f"{base}/api/v1/positions/BTCUSDT/validate?fix_discrepancies=true")
+    assert status == 200 and json.loads(body)["is_valid"] is True
+
+    status, body, _ = curl("-X", "POST", "-H", key, f"{base}/api/v1/positions/BTCUSDT/snapshot")
+    assert status == 201 and json.loads(body)["asset"] == "BTCUSDT"
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/positions/BTCUSDT/snapshots?limit=10&offset=0")
+    assert status == 200 and json.loads(body)["count"] == 1
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/positions?asset=BTCUSDT")
+    assert [p["asset"] for p in json.loads(body)["positions"]] == ["BTCUSDT"]
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/positions?size_min=1.0")
+    assert [p["asset"] for p in json.loads(body)["positions"]] == ["BTCUSDT", "ETHUSDT"]
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/positions?size_max=5.0")
+    assert [p["asset"] for p in json.loads(body)["positions"]] == ["BTCUSDT", "ETHUSDT"]
+
+    status, body, _ = curl("-H", key, f"{base}/api/v1/portfolio?include_positions=true")
+    assert status == 200 and len(json.loads(body)["positions"]) == 2
+
+    # Troubleshooting section: 401 without a key
+    status, body, _ = curl(f"{base}/api/v1/positions")
+    assert status == 401 and json.loads(body)["error_code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("POSITION_MANAGER_PORT", "not-a-port"),
+    ("POSITION_MANAGER_API_WORKERS", "0"),
+    ("POSITION_MANAGER_API_KEY", ""),
+])
+def test_serve_refuses_bad_configuration_naming_the_variable(settings, variable, value):
+    env = server_environ(settings, **{variable: value})
+    result = subprocess.run([str(ROOT / "bin" / "serve"), "--bind", "127.0.0.1:1"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert variable in result.stderr
