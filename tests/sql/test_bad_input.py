@@ -14,19 +14,6 @@ import pytest
 from tests.sql.helpers import at, at_ms, bybit_c, bybit_message, counts, exec_a, order_b, position
 
 MISSING = object()
-# Known gaps of the SQL core (exact repros in the report): class 22 is raised, but the message does not name the field.
-UNNAMED_OVERFLOW = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="SQL bug: a quantity/price beyond DECIMAL(20,8) (1e400, 1e15) passes pm.j_num and fails later with "
-           "22003 'numeric field overflow', a message that does not name the field")
-UNNAMED_DATE = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="SQL bug: a well-formed but impossible date (2026-13-45T00:00:00Z) raises 22008 'date/time field value "
-           "out of range' from the cast in pm.j_time, a message that does not name the field")
-EMPTY_SIDE = pytest.mark.xfail(
-    strict=True, raises=pytest.fail.Exception,
-    reason="SQL bug: side \"\" with a non-zero size is taken as a long position: pm.j_text turns \"\" into NULL, so "
-           "the 'empty side with non-zero size' branch of pm.apply_position_record is unreachable")
 
 
 def with_field(base: dict, path: str, value) -> dict:
@@ -50,8 +37,7 @@ NUMBER_IDS = ["zero", "negative", "text", "NaN", "nan", "Infinity", "-Infinity",
 
 
 def number_case(base, fld, value, vid, tag):
-    marks = [UNNAMED_OVERFLOW] if vid in ("1e400", "1e15") else []
-    return pytest.param(with_field(base, fld, value), fld, id=f"{tag}-{fld}-{vid}", marks=marks)
+    return pytest.param(with_field(base, fld, value), fld, id=f"{tag}-{fld}-{vid}")
 
 A = exec_a("bad-1", "Buy", "1", "100", "0.1", 0)
 B = order_b("bad-o1", "filled", "Buy", "1", "100", "0.1", 0)
@@ -94,8 +80,7 @@ def order_cases():
     for base, fld, tag in ((A, "executed_at", "A"), (C, "execTime", "C")):
         for value, vid in [("yesterday", "text"), ("2026-13-45T00:00:00Z", "out-of-range"), ("123", "short-number"),
                            ({}, "object"), (True, "bool"), (MISSING, "missing")]:
-            cases.append(pytest.param(with_field(base, fld, value), fld, id=f"{tag}-time-{vid}",
-                                      marks=[UNNAMED_DATE] if vid == "out-of-range" else []))
+            cases.append(pytest.param(with_field(base, fld, value), fld, id=f"{tag}-time-{vid}"))
     no_time = with_field(with_field(B, "order.executed_at", MISSING), "timestamp", MISSING)
     cases.append(pytest.param(no_time, "executed_at", id="B-time-missing"))
     cases.append(pytest.param(with_field(B, "order.executed_at", "yesterday"), "executed_at", id="B-time-text"))
@@ -206,7 +191,7 @@ def position_cases():
     cases.append(pytest.param(with_field(P_RAW, "size", MISSING), "size", id="C-size-missing"))
     for value, vid in [("Hold", "unknown"), (["Buy"], "array")]:
         cases.append(pytest.param(with_field(P_RAW, "side", value), "side", id=f"C-side-{vid}"))
-    cases.append(pytest.param(with_field(P_RAW, "side", ""), "side", id="C-side-empty-with-size", marks=EMPTY_SIDE))
+    cases.append(pytest.param(with_field(P_RAW, "side", ""), "side", id="C-side-empty-with-size"))
     for value, vid in [("BTC/USDT", "slash"), ("btc usdt", "space"), ("", "empty"), (MISSING, "missing")]:
         cases.append(pytest.param(with_field(P_RAW, "symbol", value), "symbol", id=f"C-symbol-{vid}"))
     for value, vid in [(7, "idx-7"), ("x", "idx-text")]:
