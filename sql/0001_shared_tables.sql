@@ -70,3 +70,9 @@ CREATE INDEX IF NOT EXISTS idx_position_snapshots_snapshot_timestamp ON public.p
 -- History of one position, newest first, without a sort (GET .../snapshots at 4.4 M rows).
 CREATE INDEX IF NOT EXISTS idx_position_snapshots_position_time
     ON public.position_snapshots (position_id, snapshot_timestamp DESC);
+
+-- positions is small and updated in place thousands of times a second (every change moves the
+-- indexed version and last_updated, so no update is HOT): vacuum it often so that lookups do not
+-- walk long chains of dead row versions. A storage parameter only; no data is touched.
+ALTER TABLE public.positions SET (autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 2000,
+                                  autovacuum_vacuum_cost_delay = 0, fillfactor = 50);

@@ -30,16 +30,16 @@ $$;
 
 -- The fill ledger. Rows are ordered per position by (exec_time, seq, exec_key); state_after is
 -- the position's state after this row, so that an execution delivered late only re-folds the
--- rows after it (cost independent of history). Kinds:
+-- rows after it (cost independent of history). The key is the execution's own identity (Bybit
+-- execId, execution_id, order:<id>:<cumulative qty>, ...): applying it twice is impossible. Kinds:
 --   trade           an execution (Trade, BustTrade, AdlTrade, Delivery; manual close)
 --   funding         realized PnL only (Bybit Funding)
 --   opening         a full state taken over from a position that existed before its ledger
 --   correction      sets size and average price(s) (validation fix, creation from the exchange)
 --   avg_correction  sets the average price of one leg (exchange average adopted, SPEC §2.4)
 CREATE TABLE IF NOT EXISTS pm.executions (
-    id bigserial PRIMARY KEY,
-    position_id uuid NOT NULL REFERENCES public.positions (id) ON DELETE CASCADE,
     exec_key text COLLATE "C" NOT NULL,
+    position_id uuid NOT NULL REFERENCES public.positions (id) ON DELETE CASCADE,
     kind text NOT NULL,
     source text NOT NULL,
     leg smallint NOT NULL DEFAULT 0,
@@ -56,7 +56,7 @@ CREATE TABLE IF NOT EXISTS pm.executions (
     trace_id text,
     event_id text,
     applied_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT executions_exec_key_key UNIQUE (exec_key),
+    CONSTRAINT executions_pkey PRIMARY KEY (exec_key),
     CONSTRAINT executions_kind_check CHECK (kind IN ('trade', 'funding', 'opening', 'correction', 'avg_correction')),
     CONSTRAINT executions_source_check CHECK (source IN ('order_execution', 'exchange', 'validation', 'manual')),
     CONSTRAINT executions_leg_check CHECK (leg IN (0, 1, 2)),

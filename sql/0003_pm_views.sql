@@ -47,11 +47,14 @@ SELECT b.id, b.asset, b.size, b.average_entry_price, b.unrealized_pnl, b.realize
             WHEN b.closed_at IS NOT NULL THEN
                 greatest(floor(extract(epoch FROM b.closed_at - coalesce(b.opened_at, b.created_at)) / 60), 0)::integer
        END AS time_held_minutes,
-       round(b.exposure_ / nullif((SELECT sum(CASE WHEN t.mode = 'hedge'
-                                                   THEN (coalesce(t.long_size, 0) + coalesce(t.short_size, 0))
-                                                   ELSE abs(t.size) END * t.current_price)
-                                     FROM public.positions t WHERE t.current_price IS NOT NULL), 0), 8)
-           AS position_size_norm,
+       -- CASE first: the portfolio total (an InitPlan, evaluated once per query and only when
+       -- needed) is not computed for a position without exposure
+       CASE WHEN b.exposure_ IS NOT NULL THEN
+           round(b.exposure_ / nullif((SELECT sum(CASE WHEN t.mode = 'hedge'
+                                                       THEN (coalesce(t.long_size, 0) + coalesce(t.short_size, 0))
+                                                       ELSE abs(t.size) END * t.current_price)
+                                         FROM public.positions t WHERE t.current_price IS NOT NULL), 0), 8)
+       END AS position_size_norm,
        b.current_price IS NULL OR b.price_updated_at IS NULL
            OR b.price_updated_at < pm.now_utc()
               - make_interval(secs => pm.setting('price_staleness_threshold', '300')::numeric::double precision)

@@ -17,11 +17,12 @@ LANGUAGE sql STABLE PARALLEL SAFE AS $$
 $$;
 COMMENT ON FUNCTION pm.iso(timestamptz) IS 'pm.iso(ts) -> text: ISO 8601 in UTC with Z; NULL stays NULL.';
 
+-- STABLE like to_char itself, so that the planner inlines it
 CREATE OR REPLACE FUNCTION pm.iso_utc(p timestamp) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT to_char(p, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT to_char(p, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
 COMMENT ON FUNCTION pm.iso_utc(timestamp) IS 'pm.iso_utc(naive UTC timestamp) -> text: ISO 8601 with Z; NULL stays NULL.';
 
-CREATE OR REPLACE FUNCTION pm.position_json(v pm.v_positions) RETURNS jsonb
+CREATE OR REPLACE FUNCTION pm.position_json(v pm.v_positions, p_with_norm boolean DEFAULT true) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'id', v.id, 'asset', v.asset, 'mode', v.mode, 'side', v.side, 'is_open', v.is_open,
@@ -32,13 +33,14 @@ LANGUAGE sql STABLE AS $$
         'price_is_stale', v.price_is_stale,
         'unrealized_pnl', pm.dec(v.unrealized_pnl), 'realized_pnl', pm.dec(v.realized_pnl),
         'unrealized_pnl_pct', pm.dec(v.unrealized_pnl_pct), 'time_held_minutes', v.time_held_minutes,
-        'position_size_norm', pm.dec(v.position_size_norm), 'exposure_usdt', pm.dec(v.exposure_usdt),
+        'position_size_norm', CASE WHEN p_with_norm THEN pm.dec(v.position_size_norm) END,
+        'exposure_usdt', pm.dec(v.exposure_usdt),
         'version', v.version, 'created_at', pm.iso_utc(v.created_at), 'opened_at', pm.iso_utc(v.opened_at),
         'last_updated', pm.iso_utc(v.last_updated), 'closed_at', pm.iso_utc(v.closed_at),
         'last_snapshot_at', pm.iso_utc(v.last_snapshot_at))
 $$;
-COMMENT ON FUNCTION pm.position_json(pm.v_positions) IS
-    'pm.position_json(row of pm.v_positions) -> jsonb: the Position representation of the API and of position_updated (decimals as strings, timestamps ISO Z).';
+COMMENT ON FUNCTION pm.position_json(pm.v_positions, boolean) IS
+    'pm.position_json(row of pm.v_positions, with_norm default true) -> jsonb: the Position representation of the API and of position_updated (decimals as strings, timestamps ISO Z). with_norm false leaves position_size_norm NULL and skips the portfolio total (the write path: the relay fills it in when it publishes).';
 
 CREATE OR REPLACE FUNCTION pm.get_position(p_asset text, p_mode text DEFAULT 'one-way') RETURNS jsonb
 LANGUAGE sql STABLE AS $$
@@ -69,14 +71,14 @@ BEGIN
     END IF;
     CASE jsonb_typeof(v)
         WHEN 'string' THEN RETURN nullif(btrim(v #>> '{}'), '');
-        WHEN 'number' THEN RETURN v #>> '{}';
+        WHEN 'number', 'boolean' THEN RETURN v #>> '{}';
         ELSE PERFORM pm.bad_input(p_path, 'expected a string, got ' || jsonb_typeof(v));
     END CASE;
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION pm.j_text(jsonb, text, text) IS
-    'pm.j_text(obj, key, path) -> text: a string (or number) field, trimmed; NULL when absent, null or empty. Raises 22023 for objects, arrays, booleans.';
+    'pm.j_text(obj, key, path) -> text: a string (or number, or boolean as true/false) field, trimmed; NULL when absent, null or empty. Raises 22023 for objects and arrays.';
 
 CREATE OR REPLACE FUNCTION pm.j_num(p_obj jsonb, p_key text, p_path text) RETURNS numeric
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -88,7 +90,8 @@ BEGIN
         RETURN NULL;
     END IF;
     CASE jsonb_typeof(v)
-        WHEN 'number' THEN RETURN v::numeric;
+        WHEN 'number' THEN
+            s := v #>> '{}';
         WHEN 'string' THEN
             s := btrim(v #>> '{}');
             IF s = '' THEN
@@ -97,14 +100,17 @@ BEGIN
             IF s !~ '^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]{1,3})?$' THEN
                 PERFORM pm.bad_input(p_path, format('not a finite decimal number: %s', left(s, 40)));
             END IF;
-            RETURN s::numeric;
         ELSE PERFORM pm.bad_input(p_path, 'expected a decimal number, got ' || jsonb_typeof(v));
     END CASE;
-    RETURN NULL;
+    -- the shared tables hold DECIMAL(20,8): anything of 10^12 or more could never be stored
+    IF s ~ '[eE]' AND abs(split_part(lower(s), 'e', 2)::integer) > 30 OR abs(s::numeric) >= 1e12 THEN
+        PERFORM pm.bad_input(p_path, format('out of range (must be below 10^12): %s', left(s, 40)));
+    END IF;
+    RETURN s::numeric;
 END
 $$;
 COMMENT ON FUNCTION pm.j_num(jsonb, text, text) IS
-    'pm.j_num(obj, key, path) -> numeric: a JSON number or decimal string; NULL when absent, null or ""; raises 22023 for NaN, Infinity, non-numeric text and other types.';
+    'pm.j_num(obj, key, path) -> numeric: a JSON number or decimal string; NULL when absent, null or ""; raises 22023 for NaN, Infinity, non-numeric text, other types, and magnitudes of 10^12 or more (they do not fit DECIMAL(20,8)).';
 
 CREATE OR REPLACE FUNCTION pm.req(p_value anyelement, p_path text) RETURNS anyelement
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -156,10 +162,15 @@ BEGIN
     IF s !~ '^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)?$' THEN
         PERFORM pm.bad_input(p_path, format('not an ISO 8601 timestamp or epoch milliseconds: %s', left(s, 40)));
     END IF;
-    IF s ~ '(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$' AND s ~ '[T ]' THEN
-        RETURN s::timestamptz;
-    END IF;
-    RETURN s::timestamp AT TIME ZONE 'UTC';   -- no zone given: UTC, whatever the session says
+    BEGIN
+        IF s ~ '(Z|z|[+-][0-9]{2}(:?[0-9]{2})?)$' AND s ~ '[T ]' THEN
+            RETURN s::timestamptz;
+        END IF;
+        RETURN s::timestamp AT TIME ZONE 'UTC';   -- no zone given: UTC, whatever the session says
+    EXCEPTION WHEN datetime_field_overflow OR invalid_datetime_format THEN
+        PERFORM pm.bad_input(p_path, format('not a valid date and time: %s', left(s, 40)));
+    END;
+    RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION pm.j_time(jsonb, text, text) IS
@@ -409,7 +420,9 @@ COMMENT ON FUNCTION pm.unrealized(pm.pos_state, text, numeric, numeric) IS
 CREATE OR REPLACE FUNCTION pm.write_state(p_pos public.positions, st pm.pos_state, p_price numeric DEFAULT NULL,
                                           p_price_at timestamp DEFAULT NULL, p_unrealized numeric DEFAULT NULL)
 RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    -- PL/pgSQL rather than SQL: its UPDATE plan is prepared once per session, not per call
     UPDATE public.positions
        SET size = st.size,
            average_entry_price = st.avg_price,
@@ -418,13 +431,14 @@ LANGUAGE sql AS $$
            realized_pnl = st.realized,
            opened_at = st.opened_at AT TIME ZONE 'UTC',
            closed_at = st.closed_at AT TIME ZONE 'UTC',
-           current_price = coalesce(p_price, current_price),
-           price_updated_at = CASE WHEN p_price IS NULL THEN price_updated_at ELSE coalesce(p_price_at, pm.now_utc()) END,
+           current_price = coalesce(p_price, p_pos.current_price),
+           price_updated_at = CASE WHEN p_price IS NULL THEN p_pos.price_updated_at ELSE coalesce(p_price_at, pm.now_utc()) END,
            unrealized_pnl = coalesce(p_unrealized,
                                      pm.unrealized(st, p_pos.mode, coalesce(p_price, p_pos.current_price), p_pos.unrealized_pnl)),
            version = version + 1,
            last_updated = pm.now_utc()
-     WHERE id = p_pos.id
+     WHERE id = p_pos.id;
+END
 $$;
 COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, numeric, timestamp, numeric) IS
     'pm.write_state(locked row, state, price?, price time?, unrealized?) : stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated. Caller holds the row lock.';
@@ -437,7 +451,11 @@ DECLARE
     j jsonb;
     eid uuid := gen_random_uuid();
 BEGIN
-    SELECT pm.position_json(v) INTO j FROM pm.v_positions v WHERE v.id = p_position_id;
+    -- position_size_norm depends on every position's exposure: it is filled in by pm.outbox_claim
+    -- when the event is published, not computed on every write
+    SELECT pm.position_json(v, false) INTO j FROM pm.v_positions v WHERE v.id = p_position_id;
+    -- the stored payload is the message body as published (the audit row is self-contained);
+    -- pm.outbox_claim only adds position_size_norm
     INSERT INTO pm.outbox (event_id, event_type, position_id, asset, mode, version, source, action, actor, trace_id,
                            detail, payload)
     VALUES (eid, 'position_updated', p_position_id, j ->> 'asset', j ->> 'mode', (j ->> 'version')::integer,
@@ -496,12 +514,10 @@ BEGIN
     END IF;
 
     -- late: start from the state after the row just before it, then re-fold every row after it
-    SELECT x.state_after INTO st FROM pm.executions x
-     WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) < (e.exec_time, e.seq, e.exec_key)
-     ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1;
-    IF NOT FOUND THEN
-        st := pm.zero_state(p_pos.mode);
-    END IF;
+    st := coalesce((SELECT x.state_after FROM pm.executions x
+                     WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) < (e.exec_time, e.seq, e.exec_key)
+                     ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1),
+                    pm.zero_state(p_pos.mode));
     st := pm.step(st, p_pos.mode, e, v_label);
     INSERT INTO pm.executions (position_id, exec_key, kind, source, leg, side, qty, price, fee, exec_time, seq,
                                order_id, exec_type, target, state_after, trace_id, event_id)
@@ -512,7 +528,7 @@ BEGIN
               ORDER BY x.exec_time, x.seq, x.exec_key
     LOOP
         st := pm.step(st, p_pos.mode, r, v_label);
-        UPDATE pm.executions SET state_after = st WHERE id = r.id;
+        UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;
     END LOOP;
     RETURN st;
 END
@@ -541,27 +557,39 @@ $$;
 COMMENT ON FUNCTION pm.fold_ledger(uuid) IS
     'pm.fold_ledger(position id) -> the state that a fold of the whole ledger gives, from scratch (ignores stored state_after). Read only; NULL for an unknown position.';
 
+-- Re-fold the whole ledger from scratch, repairing every stored state_after; returns the final state.
+CREATE OR REPLACE FUNCTION pm.refold_ledger(p_pos public.positions) RETURNS pm.pos_state
+LANGUAGE plpgsql AS $$
+DECLARE
+    st pm.pos_state := pm.zero_state(p_pos.mode);
+    r pm.executions;
+BEGIN
+    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_pos.id ORDER BY exec_time, seq, exec_key LOOP
+        st := pm.step(st, p_pos.mode, r, p_pos.asset || '/' || p_pos.mode);
+        IF r.state_after IS DISTINCT FROM st THEN
+            UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;
+        END IF;
+    END LOOP;
+    RETURN st;
+END
+$$;
+COMMENT ON FUNCTION pm.refold_ledger(public.positions) IS
+    'pm.refold_ledger(locked position) -> its ledger folded from scratch; rewrites any stored state_after that differs. Caller holds the row lock.';
+
 CREATE OR REPLACE FUNCTION pm.recompute_position(p_position_id uuid, p_trace text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     pos public.positions;
     st pm.pos_state;
-    r pm.executions;
 BEGIN
     SELECT * INTO pos FROM public.positions WHERE id = p_position_id FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'position % not found', p_position_id USING ERRCODE = 'P0002';
     END IF;
-    st := pm.zero_state(pos.mode);
-    FOR r IN SELECT * FROM pm.executions WHERE position_id = pos.id ORDER BY exec_time, seq, exec_key LOOP
-        st := pm.step(st, pos.mode, r, pos.asset || '/' || pos.mode);
-        IF r.state_after IS DISTINCT FROM st THEN
-            UPDATE pm.executions SET state_after = st WHERE id = r.id;
-        END IF;
-    END LOOP;
     IF NOT EXISTS (SELECT 1 FROM pm.executions WHERE position_id = pos.id) THEN
         RETURN jsonb_build_object('status', 'ignored', 'reason', 'no ledger rows: nothing to recompute from');
     END IF;
+    st := pm.refold_ledger(pos);
     IF st IS NOT DISTINCT FROM pm.state_of(pos) THEN
         RETURN jsonb_build_object('status', 'unchanged', 'position', pm.get_position(pos.asset, pos.mode));
     END IF;
@@ -700,7 +728,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     ord jsonb := p_ev -> 'order';
     ev_type text := pm.j_text(p_ev, 'event_type', 'event_type');
-    order_id text;
+    v_order_id text;
     asset text;
     side text;
     leg smallint;
@@ -725,10 +753,10 @@ BEGIN
     IF ev_type NOT IN ('filled', 'partially_filled') THEN
         RETURN jsonb_build_object('status', 'ignored', 'reason', format('event_type %s does not fill', ev_type));
     END IF;
-    IF ord -> 'is_dry_run' = 'true'::jsonb OR lower(pm.j_text(ord, 'is_dry_run', 'order.is_dry_run')) = 'true' THEN
+    IF lower(pm.j_text(ord, 'is_dry_run', 'order.is_dry_run')) IN ('true', '1') THEN
         RETURN jsonb_build_object('status', 'ignored', 'reason', 'dry-run order');
     END IF;
-    order_id := pm.req(coalesce(pm.j_text(ord, 'order_id', 'order.order_id'), pm.j_text(ord, 'id', 'order.id')), 'order.order_id');
+    v_order_id := pm.req(coalesce(pm.j_text(ord, 'order_id', 'order.order_id'), pm.j_text(ord, 'id', 'order.id')), 'order.order_id');
     asset := pm.norm_symbol(pm.j_text(ord, 'asset', 'order.asset'), 'order.asset');
     side := pm.norm_side(pm.j_text(ord, 'side', 'order.side'), 'order.side');
     leg := pm.norm_leg(pm.j_text(ord, 'mode', 'order.mode'), pm.j_text(ord, 'position_idx', 'order.position_idx'), 'order.position_idx');
@@ -746,30 +774,30 @@ BEGIN
     cum_avg := pm.positive(pm.j_num(ord, 'average_price', 'order.average_price'), 'order.average_price');
 
     pos := pm.lock_position(asset, mode);
-    SELECT * INTO prev FROM pm.order_progress WHERE order_progress.order_id = apply_order_progress_event.order_id FOR UPDATE;
+    SELECT * INTO prev FROM pm.order_progress o WHERE o.order_id = v_order_id FOR UPDATE;
     dq := cum_q - coalesce(prev.cum_qty, 0);
     IF dq <= 0 THEN
         RETURN jsonb_build_object('status', CASE WHEN dq = 0 THEN 'duplicate' ELSE 'stale' END,
-                                  'reason', format('order %s: %s already applied, event says %s', order_id, prev.cum_qty, cum_q));
+                                  'reason', format('order %s: %s already applied, event says %s', v_order_id, prev.cum_qty, cum_q));
     END IF;
     IF prev.position_id IS NOT NULL AND prev.position_id <> pos.id THEN
-        PERFORM pm.bad_input('order.asset', format('order %s was applied to another position before', order_id));
+        PERFORM pm.bad_input('order.asset', format('order %s was applied to another position before', v_order_id));
     END IF;
     price := round((cum_avg * cum_q - coalesce(prev.cum_notional, 0)) / dq, 8);
     IF price <= 0 THEN
         PERFORM pm.bad_input('order.average_price',
             format('cumulative average %s over %s is inconsistent with the %s already applied for order %s',
-                   cum_avg, cum_q, prev.cum_qty, order_id));
+                   cum_avg, cum_q, prev.cum_qty, v_order_id));
     END IF;
     INSERT INTO pm.order_progress AS o (order_id, position_id, cum_qty, cum_notional, cum_fee)
-    VALUES (order_id, pos.id, cum_q, cum_avg * cum_q, cum_fee)
+    VALUES (v_order_id, pos.id, cum_q, cum_avg * cum_q, cum_fee)
     ON CONFLICT ON CONSTRAINT order_progress_pkey DO UPDATE
        SET cum_qty = excluded.cum_qty, cum_notional = excluded.cum_notional, cum_fee = excluded.cum_fee, updated_at = now();
 
     e := pm.new_execution('trade', 'order_execution', leg, side, dq, price, cum_fee - coalesce(prev.cum_fee, 0),
                           pm.req(coalesce(pm.j_time(ord, 'executed_at', 'order.executed_at'),
                                           pm.j_time(p_ev, 'timestamp', 'timestamp')), 'order.executed_at'),
-                          NULL, 'order:' || order_id || ':' || trim_scale(cum_q)::text, order_id, ev_type, trace,
+                          NULL, 'order:' || v_order_id || ':' || trim_scale(cum_q)::text, v_order_id, ev_type, trace,
                           pm.j_text(p_ev, 'event_id', 'event_id'));
     st := pm.ledger_insert(pos, e);
     PERFORM pm.write_state(pos, st);

@@ -167,7 +167,11 @@ BEGIN
         v_idx := coalesce(v_idx, v_mode_txt);
         v_mode_txt := NULL;
     END IF;
-    v_side := coalesce(pm.j_text(p_rec, 'side', p_path || '.side'), pm.j_text(raw, 'side', rp || '.side'));
+    -- side: "" is meaningful (flat), so it is not folded into "absent"
+    v_side := CASE WHEN coalesce(p_rec -> 'side', 'null'::jsonb) <> 'null'::jsonb
+                   THEN coalesce(pm.j_text(p_rec, 'side', p_path || '.side'), '')
+                   WHEN coalesce(raw -> 'side', 'null'::jsonb) <> 'null'::jsonb
+                   THEN coalesce(pm.j_text(raw, 'side', rp || '.side'), '') END;
     IF v_mode_txt = 'hedge' AND v_idx IS NULL THEN
         v_idx := CASE lower(v_side) WHEN 'buy' THEN '1' WHEN 'sell' THEN '2' END;
     END IF;

@@ -165,25 +165,6 @@ COMMENT ON FUNCTION pm.cleanup_snapshots(integer, integer) IS
 -- Validation (SPEC §5.3)
 ------------------------------------------------------------------------------------------------
 
--- Re-fold the whole ledger from scratch, repairing every stored state_after; returns the final state.
-CREATE OR REPLACE FUNCTION pm.refold_ledger(p_pos public.positions) RETURNS pm.pos_state
-LANGUAGE plpgsql AS $$
-DECLARE
-    st pm.pos_state := pm.zero_state(p_pos.mode);
-    r pm.executions;
-BEGIN
-    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_pos.id ORDER BY exec_time, seq, exec_key LOOP
-        st := pm.step(st, p_pos.mode, r, p_pos.asset || '/' || p_pos.mode);
-        IF r.state_after IS DISTINCT FROM st THEN
-            UPDATE pm.executions SET state_after = st WHERE id = r.id;
-        END IF;
-    END LOOP;
-    RETURN st;
-END
-$$;
-COMMENT ON FUNCTION pm.refold_ledger(public.positions) IS
-    'pm.refold_ledger(locked position) -> its ledger folded from scratch; rewrites any stored state_after that differs. Caller holds the row lock.';
-
 CREATE OR REPLACE FUNCTION pm.validate_position(p_asset text, p_mode text DEFAULT 'one-way', p_fix boolean DEFAULT false,
                                                 p_trace text DEFAULT NULL, p_actor text DEFAULT NULL)
 RETURNS jsonb
@@ -371,16 +352,28 @@ COMMENT ON FUNCTION pm.validate_all(boolean, text) IS
 CREATE OR REPLACE FUNCTION pm.outbox_claim(p_limit integer)
 RETURNS TABLE (id bigint, event_id uuid, event_type text, trace_id text, payload jsonb)
 LANGUAGE sql AS $$
-    SELECT o.id, o.event_id, o.event_type, o.trace_id,
-           CASE WHEN o.payload ? 'event_id' THEN o.payload ELSE o.payload || jsonb_build_object('event_id', o.event_id) END
-      FROM pm.outbox o
-     WHERE o.published_at IS NULL
-     ORDER BY o.id
-     LIMIT p_limit
-       FOR UPDATE SKIP LOCKED
+    WITH claimed AS (
+        SELECT o.id, o.event_id, o.event_type, o.trace_id, o.source, o.created_at, o.payload
+          FROM pm.outbox o
+         WHERE o.published_at IS NULL
+         ORDER BY o.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ), total AS (
+        SELECT nullif(sum(v.exposure_usdt), 0) AS exposure FROM pm.v_positions v WHERE v.exposure_usdt IS NOT NULL
+    )
+    SELECT c.id, c.event_id, c.event_type, c.trace_id,
+           c.payload
+           || jsonb_build_object('event_id', c.event_id)
+           || CASE WHEN c.event_type = 'position_updated'
+                   THEN jsonb_build_object('position_size_norm',
+                                           pm.dec(round((c.payload ->> 'exposure_usdt')::numeric / t.exposure, 8)))
+                   ELSE '{}'::jsonb END
+      FROM claimed c CROSS JOIN total t
+     ORDER BY c.id
 $$;
 COMMENT ON FUNCTION pm.outbox_claim(integer) IS
-    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows, locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
+    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish: the stored payload (already carrying event_type, trace_id, timestamp) plus event_id, and for position_updated the position_size_norm against the portfolio total at publish time, locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
 
 CREATE OR REPLACE FUNCTION pm.outbox_mark_published(p_ids bigint[]) RETURNS integer
 LANGUAGE sql AS $$
@@ -408,10 +401,10 @@ BEGIN
        OR (s.last_emitted_at IS NOT NULL AND now() - s.last_emitted_at < make_interval(secs => p_min_interval_seconds::double precision)) THEN
         RETURN false;
     END IF;
-    INSERT INTO pm.outbox (event_type, source, action, trace_id, payload)
-    SELECT 'portfolio_updated', 'exchange', 'portfolio', p_trace,
-           pm.portfolio_json(NULL) || jsonb_build_object('event_type', 'portfolio_updated', 'trace_id', p_trace,
-                                                         'timestamp', pm.iso(now()));
+    INSERT INTO pm.outbox (event_type, action, trace_id, payload)
+    VALUES ('portfolio_updated', 'portfolio', p_trace,
+            pm.portfolio_json(NULL) || jsonb_build_object('event_type', 'portfolio_updated', 'trace_id', p_trace,
+                                                          'timestamp', pm.iso(now())));
     UPDATE pm.portfolio_event_state SET last_emitted_at = now(), last_change_id = latest WHERE id = 1;
     RETURN true;
 END

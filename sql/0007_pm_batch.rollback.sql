@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS pm.apply_batch(text, jsonb, boolean);
