@@ -100,3 +100,7 @@ def run(name: str, args: argparse.Namespace, body: Callable[[JobContext, argpars
             log.error("database error", extra={"error": text, "sqlstate": state, "database": where})
             print(f"bin/{name}: failed: database error (SQLSTATE {state}) on {where}: {text}", file=sys.stderr)
         return EXIT_FAILURE
+    except Exception as exc:  # a bug, not an operational failure: still one clear line and exit 1
+        log.exception("unexpected error")
+        print(f"bin/{name}: failed: unexpected {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
