@@ -20,6 +20,13 @@ INT4_MAX = 2**31 - 1
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
+def only(req: falcon.Request, *names: str) -> None:
+    """Reject parameters the endpoint does not know: a typo (sizemin=1) must not silently widen a query."""
+    for name in req.params:
+        if name not in names:
+            raise bad_parameter(name, f"unknown parameter; this endpoint accepts {', '.join(names) or 'none'}")
+
+
 def _raw(req: falcon.Request, name: str) -> str | None:
     value = req.params.get(name)
     if isinstance(value, list):

@@ -54,6 +54,7 @@ class PositionsResource:
     """GET /api/v1/positions"""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req, "asset", "mode", "size_min", "size_max", "status", "limit", "offset")
         args = {
             "asset": params.asset(req),
             "mode": params.mode(req, default=None),  # a filter here: absent = both modes
@@ -70,6 +71,7 @@ class PositionResource:
     """GET /api/v1/positions/{asset}: ETag from version, If-None-Match -> 304."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode")
         asset = params.asset_value(asset)
         mode = params.mode(req)
         body, version = connection(req).execute(q("api_get_position"), {"asset": asset, "mode": mode}).fetchone()
@@ -88,6 +90,7 @@ class ValidateResource:
     """POST /api/v1/positions/{asset}/validate"""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode", "fix_discrepancies")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req),
                 "fix": params.boolean(req, "fix_discrepancies", False),
                 "trace": req.context.trace_id, "actor": _actor(req)}
@@ -98,6 +101,7 @@ class SnapshotResource:
     """POST /api/v1/positions/{asset}/snapshot"""
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "trace": req.context.trace_id}
         _json(resp, _one(req, "api_snapshot_position", args), falcon.HTTP_201)
 
@@ -106,6 +110,7 @@ class SnapshotsResource:
     """GET /api/v1/positions/{asset}/snapshots: newest first."""
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode", "limit", "offset", "from", "to")
         args = {
             "asset": params.asset_value(asset),
             "mode": params.mode(req),
@@ -114,8 +119,6 @@ class SnapshotsResource:
             "from": params.timestamp(req, "from"),
             "to": params.timestamp(req, "to"),
         }
-        if args["from"] and args["to"] and args["from"] > args["to"]:
-            raise params.bad_parameter("from", "must not be after to")
         _json(resp, _one(req, "api_list_snapshots", args))
 
 
@@ -126,6 +129,7 @@ class PortfolioResource:
         self.cache = cache
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req, "asset", "include_positions")
         asset = params.asset(req)
         include = params.boolean(req, "include_positions", False)
         query = "api_portfolio_with_positions" if include else "api_portfolio"
@@ -145,6 +149,8 @@ class PortfolioPartResource:
         self.fields = fields
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+
         def compute(conn):
             change_id, body = conn.execute(q("api_portfolio"), {"asset": None}).fetchone()
             metrics = json.loads(body)

@@ -107,6 +107,8 @@ def test_snapshots_limit_offset_from_to(client, db, btc):
     assert listed(to=iso(now - timedelta(hours=2))) == newest_first[1:]
     assert listed(**{"from": iso(now - timedelta(hours=2, minutes=30)), "to": iso(now - timedelta(minutes=90))}) == [ids[1]]
     # an offset other than Z
+    # an empty range is no error, just no snapshots
+    assert listed(**{"from": iso(now), "to": iso(now - timedelta(hours=5))}) == []
     plus_two = (now - timedelta(hours=2)).astimezone(timezone(timedelta(hours=2))).isoformat()
     assert listed(**{"from": plus_two}) == newest_first[:2]
 
@@ -120,7 +122,6 @@ def test_snapshots_limit_offset_from_to(client, db, btc):
     ({"from": "2025-13-01T00:00:00Z"}, "from"),
     ({"to": "2025-01-01"}, "to"),
     ({"to": "2025-01-01T00:00:00"}, "to"),
-    ({"from": "2025-02-01T00:00:00Z", "to": "2025-01-01T00:00:00Z"}, "from"),
     ({"mode": "one_way"}, "mode"),
 ])
 def test_snapshots_reject_bad_parameters(client, btc, query, parameter):
