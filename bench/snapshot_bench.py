@@ -9,7 +9,8 @@ On a database of its own (created and migrated from sql/, dropped at the end unl
 then measures
   1. one `bin/snapshot` (the real job as cron runs it: process start, lock, pm.snapshot_all);
   2. one `bin/cleanup-snapshots` deleting the oldest day (12,000 rows) while another connection
-     keeps applying fills, with the fill latency percentiles before and during the cleanup;
+     keeps applying fills, with the fill latency percentiles before and during the cleanup; then a
+     backlog of --backlog-days more days (many batches) under the same load;
   3. one `bin/validate-positions` of the 500 positions, with the fill latency during it;
   4. the snapshot-history query of one position (pm.list_snapshots, what
      GET /positions/{asset}/snapshots runs): newest 100, a one-week window, a page deep in history;
@@ -165,7 +166,7 @@ def timed(conn, query, params, repeat: int) -> dict[str, float]:
     return percentiles(samples)
 
 
-def measure(settings, days: int) -> dict:
+def measure(settings, days: int, backlog_days: int) -> dict:
     figures: dict = {}
     elapsed, out = run_bin(settings, "snapshot")
     figures["bin_snapshot_seconds"] = elapsed
@@ -189,6 +190,22 @@ def measure(settings, days: int) -> dict:
     print(f"   fills before cleanup: {fmt_pct(baseline)}")
     print(f"   fills during cleanup: {fmt_pct(during)}")
 
+    if backlog_days:
+        # A backlog (retention lowered, or cleanup not run for weeks): many batches, fills keep flowing.
+        load = FillLoad(settings)
+        load.start()
+        time.sleep(2)
+        backlog_start = time.monotonic()
+        elapsed, out = run_bin(settings, "cleanup-snapshots", "--batch-size", "5000",
+                               retention=days - 1 - backlog_days)
+        backlog_end = time.monotonic()
+        load.stop.set()
+        load.join()
+        during = percentiles(load.between(backlog_start, backlog_end) or [0.0])
+        figures.update(backlog_cleanup_seconds=elapsed, fills_during_backlog_cleanup=during)
+        print(f"   backlog of {backlog_days} more days: {ms(elapsed)}   [{out}]")
+        print(f"   fills during backlog cleanup: {fmt_pct(during)}")
+
     load = FillLoad(settings)
     load.start()
     time.sleep(3)
@@ -199,7 +216,7 @@ def measure(settings, days: int) -> dict:
     load.join()
     during = percentiles(load.between(validate_start, validate_end) or [0.0])
     figures.update(validate_seconds=elapsed, fills_during_validation=during)
-    print(f"4. bin/validate-positions of {POSITIONS} positions: {ms(elapsed)}   [{out}]")
+    print(f"3. bin/validate-positions of {POSITIONS} positions: {ms(elapsed)}   [{out}]")
     print(f"   fills during validation: {fmt_pct(during)}")
 
     with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
@@ -219,7 +236,7 @@ def measure(settings, days: int) -> dict:
                                    "AND (now() AT TIME ZONE 'UTC') GROUP BY 1 ORDER BY 1", (), 5)
     figures.update(history_newest_100=newest, history_one_week=week, history_deep_page=deep,
                    grafana_portfolio_24h=grafana_day, grafana_portfolio_7d=grafana_week)
-    print(f"5. snapshot history of one position (pm.list_snapshots):")
+    print(f"4. snapshot history of one position (pm.list_snapshots):")
     print(f"   newest 100:               {fmt_pct(newest)}")
     print(f"   one week window (168):    {fmt_pct(week)}")
     print(f"   page at offset {max(0, days * 24 - 200)}:       {fmt_pct(deep)}")
@@ -231,6 +248,8 @@ def measure(settings, days: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--days", type=int, default=365, help="days of hourly snapshots (default 365 = 4.38 M rows)")
+    parser.add_argument("--backlog-days", type=int, default=30,
+                        help="then clean up this many more days at once, under fills (default 30; 0: skip)")
     parser.add_argument("--no-data", action="store_true", help="generate snapshots without snapshot_data")
     parser.add_argument("--dbname", default="pm_bench_snapshots")
     parser.add_argument("--keep", action="store_true", help="keep the database (and reuse it when it exists)")
@@ -249,7 +268,7 @@ def main() -> int:
         if not exists:
             print(f"generating {args.days} days x {POSITIONS} positions of hourly snapshots in {args.dbname}")
             setup_database(settings, args.days, not args.no_data)
-        figures = measure(settings, args.days)
+        figures = measure(settings, args.days, min(args.backlog_days, args.days - 3))
         figures.update(days=args.days, positions=POSITIONS, snapshot_data=not args.no_data)
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2))
