@@ -74,9 +74,10 @@ class PositionResource:
         params.only(req, "mode")
         asset = params.asset_value(asset)
         mode = params.mode(req)
-        body, version = connection(req).execute(q("api_get_position"), {"asset": asset, "mode": mode}).fetchone()
-        if body is None:
+        row = connection(req).execute(q("api_get_position"), {"asset": asset, "mode": mode}).fetchone()
+        if row is None:
             raise not_found(f"no position {asset} ({mode})")
+        body, version = row
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
         etag = f'W/"{version}"'
         resp.set_header("ETag", etag)
