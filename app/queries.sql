@@ -94,14 +94,15 @@ SELECT 1
 -- ===== Pipeline: the consumers and the outbox relay (consumers/) =====
 
 -- name: pipeline_apply_order_batch
--- A batch of order-queue message bodies (JSON text), applied in order in the caller's transaction
--- by one statement; (ordinal, result) per message. Any invalid message fails the whole statement
--- (the consumer then applies them one by one with apply_order_event under savepoints).
-SELECT t.i, pm.apply_order_event(t.e::jsonb) FROM unnest(%(events)s::text[]) WITH ORDINALITY AS t(e, i)
+-- A batch of order-queue message bodies, sent as one JSON array text, applied in order in the
+-- caller's transaction by one statement; (ordinal, result) per message. Any invalid message fails
+-- the whole statement (the consumer then applies them one by one with apply_order_event under
+-- savepoints).
+SELECT t.i, pm.apply_order_event(t.e) FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS t(e, i)
 
 -- name: pipeline_apply_position_batch
 -- As pipeline_apply_order_batch, for position-queue message bodies.
-SELECT t.i, pm.apply_position_event(t.e::jsonb) FROM unnest(%(events)s::text[]) WITH ORDINALITY AS t(e, i)
+SELECT t.i, pm.apply_position_event(t.e) FROM jsonb_array_elements(%(events)s::jsonb) WITH ORDINALITY AS t(e, i)
 
 -- name: pipeline_record_dead_letter
 -- Keep a message sent to the dead-letter queue for operators and Grafana.

@@ -141,14 +141,44 @@ def broker_ceiling(settings: settings_mod.Settings, queue: str, n: int) -> float
     return rate
 
 
-def direct_sql(settings: settings_mod.Settings, bodies: list[str], every: int = 100) -> float:
+def direct_sql(settings: settings_mod.Settings, bodies: list[str], every: int = 100) -> tuple[float, dict]:
     with appdb.connect(settings) as conn:
+        backend = conn.info.backend_pid
+        cpu0, client0 = cpu_seconds(backend), time.process_time()
         t = time.perf_counter()
         for i in range(0, len(bodies), every):
             with conn.transaction():
                 for body in bodies[i:i + every]:
                     conn.execute(appdb.q("apply_order_event"), {"event": body}).fetchone()
-        return len(bodies) / (time.perf_counter() - t)
+        rate = len(bodies) / (time.perf_counter() - t)
+        cpu1 = cpu_seconds(backend)
+        return rate, {"backend": None if cpu0 is None or cpu1 is None else cpu1 - cpu0,
+                      "client": time.process_time() - client0}
+
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a local process (/proc), None when it is gone or not local."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def backend_cpu(conn: psycopg.Connection) -> dict[str, float]:
+    """CPU seconds of this database's other client backends, by what they last ran."""
+    rows = conn.execute("SELECT pid, left(regexp_replace(query, '\\s+', ' ', 'g'), 60) FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                        "AND backend_type = 'client backend'").fetchall()
+    out: dict[str, float] = {}
+    for pid, query in rows:
+        cpu = cpu_seconds(pid)
+        if cpu is not None:
+            out[f"backend {pid}: {query}"] = cpu
+    return out
 
 
 def end_to_end(settings: settings_mod.Settings, env: dict, n: int, relay: bool, log_path: Path) -> dict:
@@ -168,6 +198,8 @@ def end_to_end(settings: settings_mod.Settings, env: dict, n: int, relay: bool, 
                 if any(p.poll() is not None for p in procs):
                     raise RuntimeError(f"a consumer process died, see {log_path}")
             elapsed = time.perf_counter() - t
+            cpu = {f"python {role}": cpu_seconds(p.pid) for role, p in zip(("consumer", "relay"), procs)}
+            cpu.update(backend_cpu(conn))
             first, last = conn.execute("SELECT min(applied_at), max(applied_at) FROM pm.executions").fetchone()
             pending = conn.execute("SELECT count(*) FROM pm.outbox WHERE published_at IS NULL").fetchone()[0]
     finally:
@@ -180,7 +212,7 @@ def end_to_end(settings: settings_mod.Settings, env: dict, n: int, relay: bool, 
     to_last = (last - started).total_seconds()
     return {"rate": n / elapsed, "rate_to_last_commit": n / max(to_last, 1e-9),
             "steady": n / max((last - first).total_seconds(), 1e-9), "elapsed": elapsed,
-            "outbox_pending_at_end": pending}
+            "outbox_pending_at_end": pending, "cpu": cpu}
 
 
 def verify(settings: settings_mod.Settings, n: int, fills: dict[str, list]) -> list[str]:
@@ -249,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # the SQL core alone, same executions, fresh database
         sql_settings = fresh_database(base, sql_db)
-        results["sql"] = direct_sql(sql_settings, bodies)
+        results["sql"], results["sql_cpu"] = direct_sql(sql_settings, bodies)
         print(f"direct SQL (one connection, commit every 100): {results['sql']:,.0f} executions/s", flush=True)
     finally:
         try:
@@ -273,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| end to end: queue -> consumer -> positions{' (relay running)' if not args.no_relay else ''} "
           f"| {results['e2e']['rate']:,.0f} ({ratio:.0%} of direct SQL) |")
     print(f"| end to end, steady state (first to last commit) | {results['e2e']['steady']:,.0f} |")
+    print(f"\nCPU per execution (microseconds), end to end:")
+    for name, seconds in sorted(results["e2e"]["cpu"].items(), key=lambda kv: -(kv[1] or 0)):
+        if seconds:
+            print(f"  {seconds / args.n * 1e6:8.0f}  {name}")
+    sql_cpu = results["sql_cpu"]
+    print(f"CPU per execution (microseconds), direct SQL: backend "
+          f"{(sql_cpu['backend'] or 0) / args.n * 1e6:.0f}, client {sql_cpu['client'] / args.n * 1e6:.0f}")
+    print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     if problems:
         print(f"\nVERIFICATION FAILED ({len(problems)}):")
         for p in problems[:20]:
