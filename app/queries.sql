@@ -131,3 +131,62 @@ SELECT asset, current_price FROM pm.v_positions WHERE is_open
 -- name: demo_portfolio
 -- bin/demo: the portfolio it prints at the end.
 SELECT pm.portfolio_json(NULL)
+
+-- Extras (issue 7; app/api/extras.py, jobs/api_keys.py): manual control, price pushes, trade
+-- statistics, history and as-of, scoped API keys, the live stream.
+
+-- name: extras_get_position
+-- One Position plus stop_loss, take_profit, strategy, notes as JSON text; NULL when absent.
+SELECT pm.get_position_ext(%(asset)s, %(mode)s)::text
+
+-- name: extras_update_position_meta
+-- PATCH /api/v1/positions/{asset}: merge patch of the metadata; PM412 on a version mismatch.
+SELECT pm.update_position_meta(%(asset)s, %(mode)s, %(patch)s::jsonb, %(expected_version)s, %(trace)s, %(actor)s)::text
+
+-- name: extras_close_position
+-- POST /api/v1/positions/{asset}/close: manual executions closing every open leg.
+SELECT pm.close_position(%(asset)s, %(mode)s, %(exit_price)s, %(expected_version)s, %(trace)s, %(actor)s)::text
+
+-- name: extras_set_prices
+-- POST /api/v1/prices: {"SYMBOL": "price"} set by an operator or another system (source manual).
+SELECT pm.set_prices(%(prices)s::jsonb, 'manual', %(trace)s, %(actor)s)::text
+
+-- name: extras_trade_statistics
+-- GET /api/v1/portfolio/summary: holdings statistics from the ledger.
+SELECT pm.trade_statistics_json()::text
+
+-- name: extras_position_history
+-- GET /api/v1/positions/{asset}/history: the audit trail, newest first.
+SELECT pm.position_history(%(asset)s, %(mode)s, %(limit)s, %(offset)s)::text
+
+-- name: extras_position_as_of
+-- GET /api/v1/positions/{asset}?as_of=...: the position at that time, from the ledger.
+SELECT pm.position_as_of(%(asset)s, %(mode)s, %(as_of)s)::text
+
+-- name: extras_api_key_lookup
+-- The stored key behind a presented key (SHA-256 hex): name, scope, own rate limit; NULLs when unknown.
+SELECT name, scope, rate_limit FROM pm.api_key_lookup(%(key_hash)s)
+
+-- name: extras_api_key_create
+-- bin/api-keys create: the digest only; the key itself is printed once and never stored.
+SELECT pm.api_key_create(%(name)s, %(key_hash)s, %(scope)s, %(rate_limit)s)
+
+-- name: extras_api_key_list
+-- bin/api-keys list
+SELECT pm.api_key_list(%(include_revoked)s)
+
+-- name: extras_api_key_revoke
+-- bin/api-keys revoke NAME
+SELECT pm.api_key_revoke(%(name)s)
+
+-- name: extras_stream_listen
+-- The live stream's wake-up: the outbox insert trigger notifies pm_outbox at commit.
+LISTEN pm_outbox
+
+-- name: extras_stream_head
+-- Where a stream without Last-Event-ID starts: the newest outbox id.
+SELECT pm.stream_head()
+
+-- name: extras_stream_fetch
+-- The next position_updated events after an outbox id, never skipping one still in flight.
+SELECT pm.stream_fetch(%(after)s, %(limit)s, %(hold)s::jsonb, %(grace)s)
