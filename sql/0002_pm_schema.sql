@@ -65,6 +65,17 @@ CREATE TABLE IF NOT EXISTS pm.executions (
 );
 CREATE INDEX IF NOT EXISTS executions_position_order
     ON pm.executions (position_id, exec_time, seq, exec_key);
+-- A parsed execution, before it is applied: which position, and the ledger row (or why not).
+-- status: trade (apply e), ignored (reason), cumulative (order event shape B: derived from order_progress).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                   WHERE n.nspname = 'pm' AND t.typname = 'exec_request') THEN
+        CREATE TYPE pm.exec_request AS (asset text, mode text, status text, reason text, e pm.executions);
+    END IF;
+END
+$$;
+
 COMMENT ON TABLE pm.executions IS 'Fill ledger: every execution, funding, opening balance and correction applied to a position';
 
 -- Shape B of the order events carries cumulative figures per order: what was applied so far.

@@ -443,6 +443,20 @@ $$;
 COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, numeric, timestamp, numeric) IS
     'pm.write_state(locked row, state, price?, price time?, unrealized?) : stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated. Caller holds the row lock.';
 
+CREATE OR REPLACE FUNCTION pm.with_state(p_pos public.positions, st pm.pos_state) RETURNS public.positions
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    p_pos.size := st.size; p_pos.average_entry_price := st.avg_price;
+    p_pos.long_size := st.long_size; p_pos.long_avg_price := st.long_avg;
+    p_pos.short_size := st.short_size; p_pos.short_avg_price := st.short_avg;
+    p_pos.realized_pnl := st.realized;
+    p_pos.opened_at := st.opened_at AT TIME ZONE 'UTC'; p_pos.closed_at := st.closed_at AT TIME ZONE 'UTC';
+    RETURN p_pos;
+END
+$$;
+COMMENT ON FUNCTION pm.with_state(public.positions, pm.pos_state) IS
+    'pm.with_state(positions row, state) -> the same row (in memory) carrying the state''s size, averages, realized PnL and holding times. Pure; writes nothing.';
+
 CREATE OR REPLACE FUNCTION pm.record_change(p_position_id uuid, p_source text, p_action text, p_trace text,
                                             p_actor text DEFAULT NULL, p_detail jsonb DEFAULT NULL)
 RETURNS jsonb
@@ -656,9 +670,9 @@ COMMENT ON FUNCTION pm.new_execution(text, text, smallint, text, numeric, numeri
 ------------------------------------------------------------------------------------------------
 
 -- Shape C: one Bybit execution record
-CREATE OR REPLACE FUNCTION pm.apply_bybit_execution(p_rec jsonb, p_path text, p_trace text, p_event_id text)
-RETURNS jsonb
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION pm.parse_bybit_execution(p_rec jsonb, p_path text, p_trace text, p_event_id text)
+RETURNS pm.exec_request
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     exec_type text;
     kind text;
@@ -675,15 +689,15 @@ BEGIN
     exec_type := coalesce(pm.j_text(p_rec, 'execType', p_path || '.execType'), 'Trade');
     category := pm.j_text(p_rec, 'category', p_path || '.category');
     IF category IS NOT NULL AND category <> 'linear' THEN
-        RETURN jsonb_build_object('status', 'ignored', 'reason', format('category %s is not traded by this service', category));
+        RETURN ROW(asset, NULL, 'ignored', format('category %s is not traded by this service', category), NULL)::pm.exec_request;
     END IF;
     kind := CASE WHEN exec_type IN ('Trade', 'BustTrade', 'AdlTrade', 'Delivery') THEN 'trade'
                  WHEN exec_type = 'Funding' THEN 'funding' END;
     IF kind IS NULL THEN
-        RETURN jsonb_build_object('status', 'ignored', 'reason', format('execType %s does not change positions', exec_type));
+        RETURN ROW(asset, NULL, 'ignored', format('execType %s does not change positions', exec_type), NULL)::pm.exec_request;
     END IF;
     leg := pm.norm_leg(NULL, pm.j_text(p_rec, 'positionIdx', p_path || '.positionIdx'), p_path || '.positionIdx');
-    RETURN pm.apply_execution(asset, CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END,
+    RETURN ROW(asset, CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END, 'trade', NULL,
         pm.new_execution(kind, 'order_execution', leg,
             CASE WHEN kind = 'trade' THEN pm.norm_side(pm.j_text(p_rec, 'side', p_path || '.side'), p_path || '.side') END,
             CASE WHEN kind = 'trade' THEN pm.positive(pm.j_num(p_rec, 'execQty', p_path || '.execQty'), p_path || '.execQty') END,
@@ -691,22 +705,22 @@ BEGIN
             pm.req(pm.j_num(p_rec, 'execFee', p_path || '.execFee'), p_path || '.execFee'),
             pm.req(pm.j_time(p_rec, 'execTime', p_path || '.execTime'), p_path || '.execTime'),
             pm.j_num(p_rec, 'seq', p_path || '.seq')::bigint,
-            exec_id, pm.j_text(p_rec, 'orderId', p_path || '.orderId'), exec_type, p_trace, p_event_id));
+            exec_id, pm.j_text(p_rec, 'orderId', p_path || '.orderId'), exec_type, p_trace, p_event_id))::pm.exec_request;
 END
 $$;
-COMMENT ON FUNCTION pm.apply_bybit_execution(jsonb, text, text, text) IS
-    'pm.apply_bybit_execution(record, path, trace, event id) -> result jsonb for one Bybit execution record (shape C): Trade/BustTrade/AdlTrade/Delivery change the position, Funding only realized PnL, other execTypes and non-linear categories are ignored. Key: execId. Raises 22023 naming the field.';
+COMMENT ON FUNCTION pm.parse_bybit_execution(jsonb, text, text, text) IS
+    'pm.parse_bybit_execution(record, path, trace, event id) -> pm.exec_request for one Bybit execution record (shape C): Trade/BustTrade/AdlTrade/Delivery become trade rows, Funding a funding row (realized PnL only), other execTypes and non-linear categories status ignored. Key: execId. Writes nothing; raises 22023 naming the field.';
 
 -- Shape A: our per-execution event
-CREATE OR REPLACE FUNCTION pm.apply_execution_event(p_ev jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION pm.parse_execution_event(p_ev jsonb) RETURNS pm.exec_request
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     leg smallint;
 BEGIN
     leg := pm.norm_leg(pm.j_text(p_ev, 'mode', 'mode'), pm.j_text(p_ev, 'position_idx', 'position_idx'), 'position_idx');
-    RETURN pm.apply_execution(
+    RETURN ROW(
         pm.norm_symbol(pm.j_text(p_ev, 'asset', 'asset'), 'asset'),
-        CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END,
+        CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END, 'trade', NULL,
         pm.new_execution('trade', 'order_execution', leg,
             pm.norm_side(pm.j_text(p_ev, 'side', 'side'), 'side'),
             pm.positive(pm.j_num(p_ev, 'execution_quantity', 'execution_quantity'), 'execution_quantity'),
@@ -716,11 +730,11 @@ BEGIN
             NULL,
             pm.req(pm.j_text(p_ev, 'execution_id', 'execution_id'), 'execution_id'),
             pm.j_text(p_ev, 'order_id', 'order_id'), 'Trade',
-            pm.j_text(p_ev, 'trace_id', 'trace_id'), pm.j_text(p_ev, 'event_id', 'event_id')));
+            pm.j_text(p_ev, 'trace_id', 'trace_id'), pm.j_text(p_ev, 'event_id', 'event_id')))::pm.exec_request;
 END
 $$;
-COMMENT ON FUNCTION pm.apply_execution_event(jsonb) IS
-    'pm.apply_execution_event(event) -> result jsonb for order event shape A (one execution; key execution_id). Raises 22023 naming the field.';
+COMMENT ON FUNCTION pm.parse_execution_event(jsonb) IS
+    'pm.parse_execution_event(event) -> pm.exec_request for order event shape A (one execution; key execution_id). Writes nothing; raises 22023 naming the field.';
 
 -- Shape B: order-manager's order event with cumulative figures
 CREATE OR REPLACE FUNCTION pm.apply_order_progress_event(p_ev jsonb) RETURNS jsonb
@@ -810,13 +824,13 @@ $$;
 COMMENT ON FUNCTION pm.apply_order_progress_event(jsonb) IS
     'pm.apply_order_progress_event(event) -> result jsonb for order event shape B: derives the new execution as the difference of the cumulative filled_quantity / average_price / fees to what was applied for order_id (per-order row lock); Δq <= 0 is duplicate/stale; non-fill event types and dry runs are ignored. Raises 22023 naming the field.';
 
-CREATE OR REPLACE FUNCTION pm.apply_order_event(p_event jsonb) RETURNS jsonb
-LANGUAGE plpgsql AS $$
+-- Every shape of SPEC §2.3 parsed into requests, in message order. Shape B (cumulative per order)
+-- comes back as one request with status 'cumulative': its execution depends on pm.order_progress.
+CREATE OR REPLACE FUNCTION pm.parse_order_event(p_event jsonb) RETURNS SETOF pm.exec_request
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     data jsonb;
-    results jsonb := '[]'::jsonb;
-    res jsonb;
-    i integer := 0;
+    i integer;
     trace text;
     event_id text;
 BEGIN
@@ -824,13 +838,16 @@ BEGIN
         PERFORM pm.bad_input('event', 'expected a JSON object, got ' || coalesce(jsonb_typeof(p_event), 'nothing'));
     END IF;
     IF jsonb_typeof(p_event) = 'object' AND p_event ? 'order' AND NOT p_event ? 'execution_id' THEN
-        RETURN pm.apply_order_progress_event(p_event);
+        RETURN NEXT ROW(NULL, NULL, 'cumulative', NULL, NULL)::pm.exec_request;
+        RETURN;
     END IF;
     IF jsonb_typeof(p_event) = 'object' AND (p_event ? 'execution_id' OR p_event ->> 'event_type' = 'order_executed') THEN
-        RETURN pm.apply_execution_event(p_event);
+        RETURN NEXT pm.parse_execution_event(p_event);
+        RETURN;
     END IF;
     IF jsonb_typeof(p_event) = 'object' AND p_event ? 'execId' THEN
-        RETURN pm.apply_bybit_execution(p_event, 'execution', NULL, NULL);
+        RETURN NEXT pm.parse_bybit_execution(p_event, 'execution', NULL, NULL);
+        RETURN;
     END IF;
     IF jsonb_typeof(p_event) = 'object' AND p_event ? 'topic' THEN
         IF pm.j_text(p_event, 'topic', 'topic') NOT LIKE 'execution%' THEN
@@ -845,18 +862,39 @@ BEGIN
         PERFORM pm.bad_input('event', 'not an order event: expected execution_id (per-execution event), order (order event) or execId/topic (Bybit execution)');
     END IF;
     IF jsonb_typeof(data) = 'object' THEN
-        RETURN pm.apply_bybit_execution(data, 'data', trace, event_id);
+        RETURN NEXT pm.parse_bybit_execution(data, 'data', trace, event_id);
+        RETURN;
     END IF;
     IF jsonb_typeof(data) IS DISTINCT FROM 'array' OR jsonb_array_length(data) = 0 THEN
         PERFORM pm.bad_input('data', 'expected a non-empty array of execution records');
     END IF;
     FOR i IN 0 .. jsonb_array_length(data) - 1 LOOP
-        res := pm.apply_bybit_execution(data -> i, format('data[%s]', i), trace, event_id);
+        RETURN NEXT pm.parse_bybit_execution(data -> i, format('data[%s]', i), trace, event_id);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION pm.parse_order_event(jsonb) IS
+    'pm.parse_order_event(message body) -> one pm.exec_request per execution in the message (shape A: one; shape C: one per record; shape B: one with status cumulative). Validates everything first: raises 22023 naming the field before anything is written.';
+
+CREATE OR REPLACE FUNCTION pm.apply_order_event(p_event jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    reqs pm.exec_request[];
+    r pm.exec_request;
+    res jsonb;
+    results jsonb := '[]'::jsonb;
+BEGIN
+    reqs := ARRAY(SELECT pm.parse_order_event(p_event));   -- the whole message is valid before any write
+    FOREACH r IN ARRAY reqs LOOP
+        res := CASE r.status
+                   WHEN 'trade' THEN pm.apply_execution(r.asset, r.mode, r.e)
+                   WHEN 'cumulative' THEN pm.apply_order_progress_event(p_event)
+                   ELSE jsonb_build_object('status', r.status, 'reason', r.reason) END;
+        IF cardinality(reqs) = 1 THEN
+            RETURN res;
+        END IF;
         results := results || jsonb_build_array(res);
     END LOOP;
-    IF jsonb_array_length(results) = 1 THEN
-        RETURN results -> 0;
-    END IF;
     RETURN jsonb_build_object(
         'status', CASE WHEN jsonb_path_exists(results, '$[*] ? (@.status == "applied")') THEN 'applied'
                        ELSE results -> 0 ->> 'status' END,

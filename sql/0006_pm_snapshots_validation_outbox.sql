@@ -277,12 +277,7 @@ BEGIN
             target.size := target.long_size - target.short_size;
         END IF;
         -- the ledger first (stored state may be the broken part), then a correction row at the end
-        fold := pm.refold_ledger(pos);
-        pos.size := fold.size; pos.average_entry_price := fold.avg_price;
-        pos.long_size := fold.long_size; pos.long_avg_price := fold.long_avg;
-        pos.short_size := fold.short_size; pos.short_avg_price := fold.short_avg;
-        pos.realized_pnl := fold.realized;
-        pos.opened_at := fold.opened_at AT TIME ZONE 'UTC'; pos.closed_at := fold.closed_at AT TIME ZONE 'UTC';
+        pos := pm.with_state(pos, pm.refold_ledger(pos));
         e := pm.new_execution('correction', 'validation', 0::smallint, NULL, NULL, NULL, 0,
                               -- right after everything it accounts for: a fill older than it that arrives later is
                               -- already in the exchange's size; a newer one adds to it
