@@ -120,6 +120,10 @@ class Pipeline:
             raise AssertionError(f"process {proc.args} ignored SIGTERM for {timeout}s")
 
     def close(self) -> None:
+        # shown by pytest only when the test failed (captured output)
+        for proc, path in self.processes:
+            print(f"---- {' '.join(map(str, proc.args[-2:]))} (exit {proc.poll()}): {path}")
+            print("\n".join(path.read_text(errors="replace").splitlines()[-40:]))
         for proc, _ in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
