@@ -6,6 +6,8 @@ the fork (see app/api/gunicorn_conf.py), so each worker owns its own connection 
 """
 from __future__ import annotations
 
+import time
+
 import falcon
 from psycopg_pool import ConnectionPool
 
@@ -14,7 +16,6 @@ from app.api import errors, resources
 from app.api.cache import PortfolioCache
 from app.api.health import BrokerProbe, HealthResource
 from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
-from app.db import make_pool
 from app.settings import ConfigError, Settings, load
 
 # Waiting longer than this for a pooled connection means the database is in trouble: answer 503.
@@ -50,11 +51,45 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     return app
 
 
+class RecentUseCheck:
+    """Pool `check`: a round trip only for a connection idle longer than `idle_seconds`.
+
+    app.db.make_pool checks every connection on every checkout (an empty query). The API checks
+    out once per request, so that would be one extra round trip per request; a connection that
+    served a request a moment ago is trusted instead. If the server died in that moment, the
+    request fails with 503 + Retry-After and the pool discards the broken connection.
+    """
+
+    def __init__(self, idle_seconds: float = 2.0):
+        self.idle_seconds = idle_seconds
+        self._used_at: dict[int, float] = {}
+
+    def __call__(self, conn) -> None:
+        used_at = self._used_at.get(id(conn))
+        if used_at is None or time.monotonic() - used_at > self.idle_seconds:
+            ConnectionPool.check_connection(conn)
+
+    def used(self, conn) -> None:
+        self._used_at[id(conn)] = time.monotonic()
+        if len(self._used_at) > 1000:  # ids of closed connections: drop them now and then
+            self._used_at.clear()
+
+
 def make_api_pool(settings: Settings) -> ConnectionPool:
-    """The worker's pool: one connection per gunicorn thread at least."""
-    size = max(settings.db_pool_size, settings.api_threads)
-    return make_pool(settings, min_size=1, max_size=size, timeout=POOL_TIMEOUT_SECONDS,
-                     name=f"{settings.service_name}-api")
+    """The worker's pool: as app.db.make_pool (same connection settings), one connection per
+    gunicorn thread at least, and the cheaper RecentUseCheck."""
+    check = RecentUseCheck()
+    pool = ConnectionPool(
+        kwargs=settings.conninfo(),
+        min_size=1,
+        max_size=max(settings.db_pool_size, settings.api_threads),
+        timeout=POOL_TIMEOUT_SECONDS,
+        name=f"{settings.service_name}-api",
+        check=check,
+        reconnect_timeout=0,
+    )
+    pool.recent_use = check
+    return pool
 
 
 def get_app() -> falcon.App:

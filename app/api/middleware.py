@@ -62,6 +62,9 @@ class ConnectionMiddleware:
         conn = req.context.get("conn")
         if conn is not None:
             req.context.conn = None
+            recent_use = getattr(self.pool, "recent_use", None)
+            if recent_use is not None and not conn.broken:
+                recent_use.used(conn)
             # A connection broken by a lost server is discarded by the pool, not reused.
             self.pool.putconn(conn)
 
