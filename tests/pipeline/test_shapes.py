@@ -106,16 +106,23 @@ def test_position_event_shapes(pipe):
            "data": [{"positionIdx": 0, "symbol": "LINKUSDT", "side": "Sell", "size": "5", "entryPrice": "15",
                      "markPrice": "15.5", "unrealisedPnl": "-2.5", "cumRealisedPnl": "0",
                      "updatedTime": m.ms(2), "seq": 7}]}
+    ws_hedge = m.ws_position("AVAXUSDT", "3", "Buy", mark="30", avg="29", at=2, idx=1)
+    record = {"positionIdx": 0, "symbol": "DOTUSDT", "side": "Buy", "size": "7", "avgPrice": "6",
+              "markPrice": "6.1", "unrealisedPnl": "0.7", "cumRealisedPnl": "0", "updatedTime": m.ms(2), "seq": 3}
     pipe.start("order")
     pipe.start("relay")
     wait_for(lambda: pipe.position("BTCUSDT"), what="the BTC fill")
-    for body in (ws_new, ws_price, spec, raw):
+    for body in (ws_new, ws_price, spec, raw, ws_hedge, record):
         pipe.publish(q_pos, body)
     pipe.start("position")
 
     wait_for(lambda: pipe.depth(q_pos) == 0 and pipe.one("SELECT count(*) FROM pm.outbox WHERE source = 'exchange' "
-                                                         "AND event_type = 'position_updated'") == 4,
-             what="4 exchange changes")
+                                                         "AND event_type = 'position_updated'") == 6,
+             what="6 exchange changes")
+    avax = pipe.position("AVAXUSDT", "hedge")
+    assert (D(avax["long_size"]), D(avax["long_avg_price"]), D(avax["short_size"])) == (3, 29, 0)
+    dot = pipe.position("DOTUSDT")
+    assert (D(dot["size"]), D(dot["average_entry_price"]), D(dot["current_price"])) == (7, 6, Decimal("6.1"))
     bnb = pipe.position("BNBUSDT")
     assert (D(bnb["size"]), D(bnb["current_price"]), D(bnb["average_entry_price"])) == (2, 600, 590)
     btc = pipe.position("BTCUSDT")
@@ -126,13 +133,14 @@ def test_position_event_shapes(pipe):
     link = pipe.position("LINKUSDT")
     assert (D(link["size"]), D(link["current_price"]), D(link["average_entry_price"])) == (-5, Decimal("15.5"), 15)
 
-    events = pipe.events(expect=5)
-    assert len(events) == 5
+    events = pipe.events(expect=7)
+    assert len(events) == 7
     sources = {}
     for props, body in events:
         check_event(props, body, "order_execution" if body["version"] == 1 and body["asset"] == "BTCUSDT" else "exchange")
         sources.setdefault(body["asset"], []).append(body["version"])
-    assert sources == {"BTCUSDT": [1, 2], "BNBUSDT": [1], "LTCUSDT": [1], "LINKUSDT": [1]}
+    assert sources == {"BTCUSDT": [1, 2], "BNBUSDT": [1], "LTCUSDT": [1], "LINKUSDT": [1], "AVAXUSDT": [1],
+                       "DOTUSDT": [1]}
     bnb_event = next(b for _, b in events if b["asset"] == "BNBUSDT")
     assert bnb_event["trace_id"] == ws_new["trace_id"]
 
