@@ -66,13 +66,14 @@ WITH totals AS (
       FROM pm.v_holding_rows r
      WHERE r.opens_holding_no IS NOT NULL
 )
-SELECT t.position_id, p.asset, p.mode, t.holding_no, o.side,
+-- every holding has its opening row; one opened by a flip may have no row of its own yet
+SELECT o.position_id, p.asset, p.mode, o.holding_no, o.side,
        CASE WHEN o.opened_at = '-infinity' THEN NULL ELSE o.opened_at END AS opened_at,
-       t.closed_at, t.is_closed, t.realized_pnl, t.ledger_rows,
-       o.from_opening_balance
-  FROM totals t
-  JOIN openings o ON o.position_id = t.position_id AND o.holding_no = t.holding_no
-  JOIN public.positions p ON p.id = t.position_id;
+       t.closed_at, coalesce(t.is_closed, false) AS is_closed, coalesce(t.realized_pnl, 0) AS realized_pnl,
+       coalesce(t.ledger_rows, 0) AS ledger_rows, o.from_opening_balance
+  FROM openings o
+  LEFT JOIN totals t ON t.position_id = o.position_id AND t.holding_no = o.holding_no
+  JOIN public.positions p ON p.id = o.position_id;
 COMMENT ON VIEW pm.v_holdings IS
     'One row per holding of every position, from the ledger: side at opening (long|short|hedge), opened_at (NULL for a holding taken over as an opening balance), closed_at, is_closed, realized_pnl (fees and funding included; a flip''s realized part and fee count in the holding it closes), ledger_rows, from_opening_balance (its PnL before the ledger is unknown).';
 
