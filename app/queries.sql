@@ -190,3 +190,30 @@ SELECT pm.stream_head()
 -- name: extras_stream_fetch
 -- The next position_updated events after an outbox id, never skipping one still in flight.
 SELECT pm.stream_fetch(%(after)s, %(limit)s, %(hold)s::jsonb, %(grace)s)
+
+-- ===== Soak (bench/soak): read-only checks of the end state after a run under injected faults =====
+
+-- name: soak_sample
+-- One point of the soak's time series: ledger rows (executions + funding), outbox rows not yet relayed.
+SELECT (SELECT count(*) FROM pm.executions) AS ledger_rows,
+       (SELECT count(*) FROM pm.outbox WHERE published_at IS NULL) AS outbox_pending,
+       (SELECT count(*) FROM pm.dead_letters) AS dead_letters
+
+-- name: soak_positions_count
+-- How many positions exist (the warm-up waits for one per asset).
+SELECT count(*) FROM public.positions
+
+-- name: soak_ledger_keys
+-- Every ledger row's key and kind: compared with the keys of the executions the soak published.
+SELECT exec_key, kind FROM pm.executions
+
+-- name: soak_positions_with_fold
+-- Every position as stored, beside a fold of its whole ledger from scratch (pm.fold_ledger).
+SELECT p.asset, p.mode, p.size, p.average_entry_price, p.realized_pnl, p.version,
+       f.size AS fold_size, f.avg_price AS fold_avg, f.realized AS fold_realized
+  FROM public.positions p CROSS JOIN LATERAL pm.fold_ledger(p.id) f
+ ORDER BY p.asset, p.mode
+
+-- name: soak_position_events
+-- The audit rows of every committed change: each must have reached the position_updated queue.
+SELECT event_id::text, asset, mode, version FROM pm.outbox WHERE event_type = 'position_updated'
