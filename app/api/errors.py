@@ -75,6 +75,10 @@ def _from_database(exc: psycopg.Error) -> ApiError | None:
         return ApiError(400, "invalid_parameter", message)
     if state == "P0002":
         return not_found(message)
+    if state == "PM412":  # an If-Match version that is not the current one (sql/0040)
+        return ApiError(412, "precondition_failed", message)
+    if state in ("55000", "23505"):  # nothing to close / a live API key of that name exists
+        return ApiError(409, "conflict", message)
     if state in _CONFLICT_STATES:
         return ApiError(409, "conflict", f"{message}; retry the request")
     if state.startswith("08") or state in _UNAVAILABLE_STATES or isinstance(exc, psycopg.OperationalError):

@@ -87,8 +87,11 @@ def key_hash(key: str) -> str:
 class AuthMiddleware:
     """X-API-Key against every valid key, in constant time (no early exit on a match)."""
 
-    def __init__(self, keys: dict[str, int]):
+    def __init__(self, keys: dict[str, int], lookup=None):
         self.keys = [(key.encode("utf-8"), key) for key in keys]
+        # Keys stored in the database (app/api/extras/auth.py): lookup(req, key) -> StoredKey | None,
+        # asked only when no environment key matched; it sets req.context.stored_key.
+        self.lookup = lookup
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.api_key = None
@@ -99,6 +102,8 @@ class AuthMiddleware:
         for encoded, key in self.keys:
             if hmac.compare_digest(given, encoded):
                 matched = key
+        if matched is None and given and self.lookup is not None and self.lookup(req, given.decode("utf-8", "replace")):
+            matched = given.decode("utf-8", "replace")
         if matched is None:
             raise ApiError(401, "unauthorized", "missing or invalid X-API-Key header")
         req.context.api_key = matched
@@ -114,7 +119,8 @@ class RateLimitMiddleware:
         key = req.context.api_key
         if key is None:
             return
-        limit, hashed = self.limits[key]
+        stored = req.context.get("stored_key")  # a key of pm.api_keys has its own limit
+        limit, hashed = (stored.rate_limit, stored.key_hash) if stored else self.limits[key]
         allowed, hits, reset_seconds = connection(req).execute(
             q("api_rate_limit_hit"), {"key_hash": hashed, "limit": limit}).fetchone()
         resp.set_header("X-RateLimit-Limit", str(limit))
