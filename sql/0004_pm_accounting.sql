@@ -184,7 +184,7 @@ BEGIN
     IF p_symbol IS NULL THEN
         PERFORM pm.bad_input(p_path, 'required');
     END IF;
-    IF length(s) > 20 OR s !~ '^[A-Z0-9]{2,20}$|^[A-Z0-9]{2,12}-[A-Z0-9]{2,8}$' THEN
+    IF length(s) > 20 OR s !~ '^[A-Z0-9]{2,20}$|^[A-Z0-9]{2,12}-[A-Z0-9]{2,8}$' OR s !~ '[A-Z]' THEN
         PERFORM pm.bad_input(p_path, format('unknown symbol format: %s', left(p_symbol, 40)));
     END IF;
     RETURN s;
@@ -826,55 +826,51 @@ COMMENT ON FUNCTION pm.apply_order_progress_event(jsonb) IS
 
 -- Every shape of SPEC §2.3 parsed into requests, in message order. Shape B (cumulative per order)
 -- comes back as one request with status 'cumulative': its execution depends on pm.order_progress.
-CREATE OR REPLACE FUNCTION pm.parse_order_event(p_event jsonb) RETURNS SETOF pm.exec_request
+CREATE OR REPLACE FUNCTION pm.parse_order_event(p_event jsonb) RETURNS pm.exec_request[]
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     data jsonb;
     i integer;
     trace text;
     event_id text;
+    reqs pm.exec_request[] := '{}';
 BEGIN
     IF p_event IS NULL OR jsonb_typeof(p_event) NOT IN ('object', 'array') THEN
         PERFORM pm.bad_input('event', 'expected a JSON object, got ' || coalesce(jsonb_typeof(p_event), 'nothing'));
     END IF;
-    IF jsonb_typeof(p_event) = 'object' AND p_event ? 'order' AND NOT p_event ? 'execution_id' THEN
-        RETURN NEXT ROW(NULL, NULL, 'cumulative', NULL, NULL)::pm.exec_request;
-        RETURN;
-    END IF;
-    IF jsonb_typeof(p_event) = 'object' AND (p_event ? 'execution_id' OR p_event ->> 'event_type' = 'order_executed') THEN
-        RETURN NEXT pm.parse_execution_event(p_event);
-        RETURN;
-    END IF;
-    IF jsonb_typeof(p_event) = 'object' AND p_event ? 'execId' THEN
-        RETURN NEXT pm.parse_bybit_execution(p_event, 'execution', NULL, NULL);
-        RETURN;
-    END IF;
-    IF jsonb_typeof(p_event) = 'object' AND p_event ? 'topic' THEN
+    IF jsonb_typeof(p_event) = 'object' THEN
+        IF p_event ? 'order' AND NOT p_event ? 'execution_id' THEN
+            RETURN ARRAY[ROW(NULL, NULL, 'cumulative', NULL, NULL)::pm.exec_request];
+        ELSIF p_event ? 'execution_id' OR p_event ->> 'event_type' = 'order_executed' THEN
+            RETURN ARRAY[pm.parse_execution_event(p_event)];
+        ELSIF p_event ? 'execId' THEN
+            RETURN ARRAY[pm.parse_bybit_execution(p_event, 'execution', NULL, NULL)];
+        ELSIF NOT p_event ? 'topic' THEN
+            PERFORM pm.bad_input('event', 'not an order event: expected execution_id (per-execution event), order (order event) or execId/topic (Bybit execution)');
+        END IF;
         IF pm.j_text(p_event, 'topic', 'topic') NOT LIKE 'execution%' THEN
             PERFORM pm.bad_input('topic', format('expected execution, got %s', left(p_event ->> 'topic', 40)));
         END IF;
         data := p_event -> 'data';
         trace := pm.j_text(p_event, 'trace_id', 'trace_id');
         event_id := pm.j_text(p_event, 'id', 'id');
-    ELSIF jsonb_typeof(p_event) = 'array' THEN
-        data := p_event;
     ELSE
-        PERFORM pm.bad_input('event', 'not an order event: expected execution_id (per-execution event), order (order event) or execId/topic (Bybit execution)');
+        data := p_event;
     END IF;
     IF jsonb_typeof(data) = 'object' THEN
-        RETURN NEXT pm.parse_bybit_execution(data, 'data', trace, event_id);
-        RETURN;
+        RETURN ARRAY[pm.parse_bybit_execution(data, 'data', trace, event_id)];
     END IF;
     IF jsonb_typeof(data) IS DISTINCT FROM 'array' OR jsonb_array_length(data) = 0 THEN
         PERFORM pm.bad_input('data', 'expected a non-empty array of execution records');
     END IF;
     FOR i IN 0 .. jsonb_array_length(data) - 1 LOOP
-        RETURN NEXT pm.parse_bybit_execution(data -> i, format('data[%s]', i), trace, event_id);
+        reqs := reqs || pm.parse_bybit_execution(data -> i, format('data[%s]', i), trace, event_id);
     END LOOP;
+    RETURN reqs;
 END
 $$;
 COMMENT ON FUNCTION pm.parse_order_event(jsonb) IS
-    'pm.parse_order_event(message body) -> one pm.exec_request per execution in the message (shape A: one; shape C: one per record; shape B: one with status cumulative). Validates everything first: raises 22023 naming the field before anything is written.';
+    'pm.parse_order_event(message body) -> array of pm.exec_request, one per execution in the message (shape A: one; shape C: one per record; shape B: one with status cumulative). Validates everything first: raises 22023 naming the field before anything is written.';
 
 CREATE OR REPLACE FUNCTION pm.apply_order_event(p_event jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
@@ -884,7 +880,7 @@ DECLARE
     res jsonb;
     results jsonb := '[]'::jsonb;
 BEGIN
-    reqs := ARRAY(SELECT pm.parse_order_event(p_event));   -- the whole message is valid before any write
+    reqs := pm.parse_order_event(p_event);   -- the whole message is valid before any write
     FOREACH r IN ARRAY reqs LOOP
         res := CASE r.status
                    WHEN 'trade' THEN pm.apply_execution(r.asset, r.mode, r.e)

@@ -67,7 +67,7 @@ BEGIN
     -- apply the single executions grouped by position, in (asset, mode) order so that concurrent
     -- batches lock positions in the same order; each position is written once per batch
     FOR i IN 1 .. n LOOP
-        one_req := ARRAY(SELECT pm.parse_order_event(p_events -> (i - 1)));
+        one_req := pm.parse_order_event(p_events -> (i - 1));
         IF cardinality(one_req) = 1 AND one_req[1].status = 'trade' THEN
             reqs := reqs || one_req[1];
             idxs := idxs || i;
