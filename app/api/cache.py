@@ -1,11 +1,14 @@
 """Per-process cache of portfolio responses, invalidated by a change made by ANY process.
 
-A cached body is kept with the pm.last_change_id() it was computed at (read in the same statement,
-so in the same snapshot as the figures). It is served only while it is younger than the TTL
-(POSITION_MANAGER_METRICS_CACHE_TTL) AND pm.last_change_id() is still the same: one cheap query
+A cached body is kept with the positions fingerprint it was computed at ("<count>:<sum of
+versions>", read in the same statement, so in the same snapshot as the figures; every committed
+position change bumps a version). It is served only while it is younger than the TTL
+(POSITION_MANAGER_METRICS_CACHE_TTL) AND the fingerprint is still the same: one cheap query
 instead of the portfolio aggregation. A fill committed by a consumer (another process) changes
-the id, so the very next request recomputes. Chosen over LISTEN pm_outbox in a background thread
-because it needs no extra connection per worker and cannot miss a notification while reconnecting.
+it, so the very next request recomputes. Chosen over pm.last_change_id(), which misses a change
+that took its outbox id before another change but committed after it, and over LISTEN pm_outbox
+in a background thread (an extra connection per worker; a notification arrives a moment after
+the commit, and none while reconnecting).
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from app.db import q
 
 @dataclass(frozen=True)
 class _Entry:
-    change_id: int
+    fingerprint: str
     expires_at: float
     body: str
 
@@ -36,19 +39,19 @@ class PortfolioCache:
         self.misses = 0
 
     def get(self, key: Hashable, conn: psycopg.Connection,
-            compute: Callable[[psycopg.Connection], tuple[int, str]]) -> str:
-        """The body for key: from the cache when still valid, else compute(conn) -> (change_id, body)."""
+            compute: Callable[[psycopg.Connection], tuple[str, str]]) -> str:
+        """The body for key: from the cache when still valid, else compute(conn) -> (fingerprint, body)."""
         entry = self._entries.get(key)
         if entry is not None and time.monotonic() < entry.expires_at:
-            (change_id,) = conn.execute(q("api_last_change_id")).fetchone()
-            if change_id == entry.change_id:
+            (fingerprint,) = conn.execute(q("api_positions_fingerprint")).fetchone()
+            if fingerprint == entry.fingerprint:
                 self.hits += 1
                 return entry.body
         self.misses += 1
-        change_id, body = compute(conn)
+        fingerprint, body = compute(conn)
         if self.ttl > 0:
             with self._lock:
                 if len(self._entries) >= self.max_entries:
                     self._entries.clear()  # keys are (asset, flags): bounded, but never let them grow
-                self._entries[key] = _Entry(change_id, time.monotonic() + self.ttl, body)
+                self._entries[key] = _Entry(fingerprint, time.monotonic() + self.ttl, body)
         return body

@@ -153,9 +153,9 @@ class PortfolioPartResource:
         params.only(req)
 
         def compute(conn):
-            change_id, body = conn.execute(q("api_portfolio"), {"asset": None}).fetchone()
+            fingerprint, body = conn.execute(q("api_portfolio"), {"asset": None}).fetchone()
             metrics = json.loads(body)
-            return change_id, json.dumps({name: metrics[name] for name in self.fields})
+            return fingerprint, json.dumps({name: metrics[name] for name in self.fields})
 
         _json(resp, self.cache.get((self.part,), connection(req), compute))
 

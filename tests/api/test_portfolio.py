@@ -109,3 +109,19 @@ def test_cache_expires_after_ttl(make_client, api_settings, connect, book):
     other.execute("UPDATE public.positions SET realized_pnl = realized_pnl + 1000 WHERE asset = 'BTCUSDT'")
     body = client.simulate_get("/api/v1/portfolio").json
     assert Decimal(body["total_realized_pnl_usdt"]) == Decimal("999.9")
+
+
+def test_a_change_committed_after_a_later_one_still_invalidates_the_cache(client, connect, book):
+    """Two writers commit out of the order in which they got their outbox ids: A (BTC) first takes
+    its id and commits last, B (ETH) takes a higher id and commits first. The portfolio computed
+    between the two commits misses A's fill; A's commit must still invalidate it."""
+    slow = connect()                   # transaction A, left open
+    fast = connect(autocommit=True)    # transaction B
+    fill(slow, "BTCUSDT", "Buy", "1", "50100")
+    fill(fast, "ETHUSDT", "Sell", "1", "2900")
+    between = client.simulate_get("/api/v1/portfolio").json
+    assert Decimal(between["by_asset"]["BTCUSDT"]["size"]) == Decimal("1.5")   # A not committed yet
+    assert Decimal(between["by_asset"]["ETHUSDT"]["size"]) == Decimal("-3")
+    slow.commit()
+    after = client.simulate_get("/api/v1/portfolio").json
+    assert Decimal(after["by_asset"]["BTCUSDT"]["size"]) == Decimal("2.5")
