@@ -3,8 +3,8 @@
 Every error response is `{"error_code", "message", "trace_id"}`. SQLSTATEs map to statuses here
 and nowhere else (the PostgREST rule): class 22 (invalid input, raised by the SQL functions with a
 message naming the field) -> 400, P0002 (no such position) -> 404, PM412 (version check) -> 412,
-lock/serialization conflicts -> 409 (retry), 23505/55000 (exists / wrong state) -> 409, a database that cannot be reached -> 503 with Retry-After. Anything else is a bug: 500,
-logged with its traceback, and the message does not leak internals.
+lock/serialization conflicts -> 409 (retry), 23505/55000 (exists / wrong state) -> 409, a
+database that cannot be reached -> 503 with Retry-After. Anything else is a bug: 500, logged with its traceback, and the message does not leak internals.
 """
 from __future__ import annotations
 
@@ -79,12 +79,8 @@ def _from_database(exc: psycopg.Error) -> ApiError | None:
         return ApiError(412, "precondition_failed", message)
     if state in ("55000", "23505"):  # nothing to close / a live API key of that name exists
         return ApiError(409, "conflict", message)
-    if state == "PM412":  # optimistic version check failed (expected_version / If-Match)
-        return ApiError(412, "precondition_failed", message)
     if state in _CONFLICT_STATES:
         return ApiError(409, "conflict", f"{message}; retry the request")
-    if state in ("23505", "55000"):  # already exists / not in a state that allows it
-        return ApiError(409, "conflict", message)
     if state.startswith("08") or state in _UNAVAILABLE_STATES or isinstance(exc, psycopg.OperationalError):
         return database_unavailable()
     return None
