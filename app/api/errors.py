@@ -4,7 +4,8 @@ Every error response is `{"error_code", "message", "trace_id"}`. SQLSTATEs map t
 and nowhere else (the PostgREST rule): class 22 (invalid input, raised by the SQL functions with a
 message naming the field) -> 400, P0002 (no such position) -> 404, PM412 (version check) -> 412,
 lock/serialization conflicts -> 409 (retry), 23505/55000 (exists / wrong state) -> 409, a
-database that cannot be reached -> 503 with Retry-After. Anything else is a bug: 500, logged with its traceback, and the message does not leak internals.
+database that cannot be reached -> 503 with Retry-After. Anything else is a bug: 500, logged
+with its traceback, and the message does not leak internals.
 """
 from __future__ import annotations
 
