@@ -150,6 +150,10 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("api_threads", "POSITION_MANAGER_API_THREADS", "4", _pos_int),
     # Adds GET /bench/select1 (SELECT 1 through the same middleware and pool) for bench/http_bench.py.
     ("bench_reference", "POSITION_MANAGER_BENCH_REFERENCE", "false", _bool),
+    # GET /api/v1/stream (app/api/extras/stream.py): seconds between heartbeat comments, and the
+    # longest a stream stays open before the client reconnects with Last-Event-ID.
+    ("stream_heartbeat", "POSITION_MANAGER_STREAM_HEARTBEAT", "15", _pos_int),
+    ("stream_max_seconds", "POSITION_MANAGER_STREAM_MAX_SECONDS", "300", _pos_int),
 ]
 
 VARIABLE_NAMES = [name for _, name, _, _ in _VARIABLES]
@@ -201,6 +205,8 @@ class Settings:
     api_workers: int
     api_threads: int
     bench_reference: bool
+    stream_heartbeat: int
+    stream_max_seconds: int
 
     def sql_options(self) -> str:
         """libpq `options`: the custom settings the SQL functions read (see sql/ pm.setting())."""

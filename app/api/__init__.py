@@ -12,7 +12,7 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from app import logs
-from app.api import errors, resources
+from app.api import errors, extras, resources
 from app.api.cache import PortfolioCache
 from app.api.health import BrokerProbe, HealthResource
 from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
@@ -27,7 +27,8 @@ PNL_FIELDS = ("total_unrealized_pnl_usdt", "total_realized_pnl_usdt", "total_pnl
 
 def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | None = None) -> falcon.App:
     keys = settings.valid_api_keys()
-    middleware = [TraceMiddleware(), ConnectionMiddleware(pool), AuthMiddleware(keys)]
+    middleware = [TraceMiddleware(), ConnectionMiddleware(pool),
+                  AuthMiddleware(keys, lookup=extras.stored_key_lookup(settings.rate_limit_default))]
     if settings.rate_limit_enabled:
         middleware.append(RateLimitMiddleware(keys))
     app = falcon.App(middleware=middleware)
@@ -48,6 +49,7 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     app.add_route("/api/v1/portfolio/pnl", resources.PortfolioPartResource(cache, "pnl", PNL_FIELDS))
     if settings.bench_reference:
         app.add_route("/bench/select1", resources.SelectOneResource())
+    extras.register(app, settings)  # issue 7: manual control, statistics, history, scoped keys, stream
     return app
 
 

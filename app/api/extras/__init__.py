@@ -1,0 +1,28 @@
+"""Issue 7 beyond SPEC §3: manual control, price pushes, trade statistics, history and as-of,
+scoped API keys and the live stream. `register(app, settings)` adds everything to an app built by
+app.api.create_app; AuthMiddleware gets `stored_key_lookup(...)` for the keys of pm.api_keys.
+"""
+from __future__ import annotations
+
+import falcon
+
+from app.api.extras import resources
+from app.api.extras.auth import ScopeMiddleware, stored_key_lookup
+from app.api.extras.stream import StreamResource
+from app.settings import Settings
+
+__all__ = ["register", "stored_key_lookup"]
+
+
+def register(app: falcon.App, settings: Settings) -> None:
+    """Routes and the scope check; call it last in create_app (it replaces the single-position
+    route with a subclass that adds ?as_of= and PATCH)."""
+    app.add_middleware(ScopeMiddleware())
+    app.add_route("/api/v1/positions/{asset}", resources.PositionExtResource())
+    app.add_route("/api/v1/positions/{asset}/close", resources.CloseResource())
+    app.add_route("/api/v1/positions/{asset}/history", resources.HistoryResource())
+    app.add_route("/api/v1/prices", resources.PricesResource())
+    app.add_route("/api/v1/portfolio/summary", resources.SummaryResource())
+    app.add_route("/api/v1/api-keys", resources.ApiKeysResource())
+    app.add_route("/api/v1/api-keys/{name}", resources.ApiKeyResource())
+    app.add_route("/api/v1/stream", StreamResource(settings))

@@ -1,0 +1,175 @@
+"""The endpoints of issue 7 beyond SPEC §3: manual control, price pushes, trade statistics,
+history and as-of, API key management. Each checks its parameters and makes one SQL call
+(sql/0040-0043); bodies come back from SQL as JSON text and are sent as they are.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import falcon
+
+from app.api import params
+from app.api.errors import ApiError, bad_parameter
+from app.api.extras.auth import actor
+from app.api.extras.keys import SCOPES, digest, new_key
+from app.api.middleware import connection
+from app.api.resources import PositionResource
+from app.db import q
+
+HISTORY_LIMIT_MAX = 1000
+PRICES_MAX_SYMBOLS = 1000
+# Bodies are small JSON objects; anything larger is a mistake (or an attack).
+BODY_MAX_BYTES = 256 * 1024
+_IF_MATCH = re.compile(r'^(W/)?"(\d{1,10})"$')
+
+
+def _json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
+    resp.status = status
+    resp.content_type = falcon.MEDIA_JSON
+    resp.text = body
+
+
+def _one(req: falcon.Request, name: str, args: dict):
+    (result,) = connection(req).execute(q(name), args).fetchone()
+    return result
+
+
+def json_body(req: falcon.Request, *, required: bool = True):
+    """The request body as JSON (any type; the SQL function checks the shape and names fields)."""
+    length = req.content_length
+    if length is not None and length > BODY_MAX_BYTES:
+        raise ApiError(413, "payload_too_large", f"body larger than {BODY_MAX_BYTES} bytes")
+    raw = req.bounded_stream.read(BODY_MAX_BYTES + 1)
+    if len(raw) > BODY_MAX_BYTES:
+        raise ApiError(413, "payload_too_large", f"body larger than {BODY_MAX_BYTES} bytes")
+    if not raw.strip():
+        if required:
+            raise bad_parameter("body", "a JSON object is required")
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise bad_parameter("body", f"not valid JSON: {exc}") from None
+
+
+def expected_version(req: falcon.Request) -> int | None:
+    """If-Match: the version the client last saw (an ETag of GET, W/"7" or "7"); * or absent = any."""
+    header = req.get_header("If-Match")
+    if header is None or header.strip() == "*":
+        return None
+    match = _IF_MATCH.match(header.strip())
+    if not match:
+        raise bad_parameter("If-Match", f'expected one ETag such as W/"7" (the position\'s version), got {header[:40]!r}')
+    return int(match.group(2))
+
+
+def _set_etag(resp: falcon.Response, position: dict) -> None:
+    resp.set_header("ETag", f'W/"{position["version"]}"')
+
+
+class PositionExtResource(PositionResource):
+    """GET /api/v1/positions/{asset} (plus ?as_of=) and PATCH /api/v1/positions/{asset}.
+
+    Replaces the route of PositionResource: a GET without as_of is exactly its GET."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        if "as_of" not in req.params:
+            return super().on_get(req, resp, asset)
+        params.only(req, "mode", "as_of")
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "as_of": params.timestamp(req, "as_of")}
+        _json(resp, _one(req, "extras_position_as_of", args))
+
+    def on_patch(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode")
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "patch": json.dumps(json_body(req)),
+                "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
+        result = json.loads(_one(req, "extras_update_position_meta", args))
+        _set_etag(resp, result["position"])
+        _json(resp, json.dumps(result["position"]))
+
+
+class CloseResource:
+    """POST /api/v1/positions/{asset}/close?exit_price=...: a manual execution closing every leg."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode", "exit_price")
+        exit_price = params.decimal(req, "exit_price")
+        if exit_price is not None and exit_price <= 0:
+            raise bad_parameter("exit_price", f"must be > 0, got {req.get_param('exit_price')!r}")
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "exit_price": exit_price,
+                "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
+        body = _one(req, "extras_close_position", args)
+        _set_etag(resp, json.loads(body)["position"])
+        _json(resp, body)
+
+
+class PricesResource:
+    """POST /api/v1/prices {"BTCUSDT": "50100.5", ...}: current prices in one SQL call."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+        prices = json_body(req)
+        if not isinstance(prices, dict) or not prices:
+            raise bad_parameter("body", 'expected a non-empty JSON object {"SYMBOL": "price", ...}')
+        if len(prices) > PRICES_MAX_SYMBOLS:
+            raise bad_parameter("body", f"at most {PRICES_MAX_SYMBOLS} symbols per request, got {len(prices)}")
+        args = {"prices": json.dumps(prices), "trace": req.context.trace_id, "actor": actor(req)}
+        _json(resp, _one(req, "extras_set_prices", args))
+
+
+class SummaryResource:
+    """GET /api/v1/portfolio/summary: trade statistics of the ledger's holdings."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+        _json(resp, _one(req, "extras_trade_statistics", {}))
+
+
+class HistoryResource:
+    """GET /api/v1/positions/{asset}/history: the audit trail, newest first."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode", "limit", "offset")
+        args = {"asset": params.asset_value(asset), "mode": params.mode(req),
+                "limit": params.integer(req, "limit", default=100, minimum=1, maximum=HISTORY_LIMIT_MAX),
+                "offset": params.integer(req, "offset", default=0, minimum=0)}
+        _json(resp, _one(req, "extras_position_history", args))
+
+
+class ApiKeysResource:
+    """GET /api/v1/api-keys (list) and POST /api/v1/api-keys (create; the key is in this answer only)."""
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req, "include_revoked")
+        result = _one(req, "extras_api_key_list", {"include_revoked": params.boolean(req, "include_revoked", False)})
+        _json(resp, json.dumps(result))
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+        body = json_body(req)
+        if not isinstance(body, dict):
+            raise bad_parameter("body", 'expected a JSON object {"name", "scope", "rate_limit"?}')
+        unknown = set(body) - {"name", "scope", "rate_limit"}
+        if unknown:
+            raise bad_parameter(sorted(unknown)[0], "unknown field; accepted: name, scope, rate_limit")
+        name, scope, rate_limit = body.get("name"), body.get("scope"), body.get("rate_limit")
+        if not isinstance(name, str):
+            raise bad_parameter("name", "a string is required")
+        if scope not in SCOPES:
+            raise bad_parameter("scope", f"expected one of {', '.join(SCOPES)}, got {scope!r}")
+        if rate_limit is not None and (isinstance(rate_limit, bool) or not isinstance(rate_limit, int)
+                                       or not 0 < rate_limit <= 2**31 - 1):
+            raise bad_parameter("rate_limit", f"expected a positive integer (requests per minute), got {rate_limit!r}")
+        key = new_key()
+        created = _one(req, "extras_api_key_create",
+                       {"name": name, "key_hash": digest(key), "scope": scope, "rate_limit": rate_limit})
+        _json(resp, json.dumps({**created, "key": key}), falcon.HTTP_201)
+
+
+class ApiKeyResource:
+    """DELETE /api/v1/api-keys/{name}: revoke."""
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        params.only(req)
+        _json(resp, json.dumps(_one(req, "extras_api_key_revoke", {"name": name})))

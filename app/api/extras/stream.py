@@ -1,0 +1,132 @@
+"""GET /api/v1/stream: Server-Sent Events of every committed position change, for dashboards.
+
+Fed by PostgreSQL LISTEN/NOTIFY: the outbox insert trigger notifies pm_outbox at commit (empty
+payload); the stream then reads the new outbox rows by id (pm.stream_fetch, which never moves
+past an id that a transaction still in flight may commit). Each event is
+
+    id: <outbox id>
+    event: position_updated
+    data: <the position_updated message body, one line of JSON>
+
+A client that reconnects with Last-Event-ID (EventSource does so by itself; or ?last_event_id=)
+gets every event after that id first. Comment lines (": heartbeat") go out every
+POSITION_MANAGER_STREAM_HEARTBEAT seconds, so proxies keep the connection and a vanished client
+is noticed. A stream ends after POSITION_MANAGER_STREAM_MAX_SECONDS (EventSource reconnects and
+resumes), and a worker serves at most (threads - 1) streams at once, so one thread of every
+gunicorn gthread worker is always free for other requests; one more gets 503 + Retry-After.
+Each stream holds its own database connection (LISTEN needs a session), not one of the pool.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Iterator
+
+import falcon
+import psycopg
+
+from app.api import params
+from app.api.errors import ApiError, bad_parameter, database_unavailable
+from app.db import connect, q
+from app.settings import Settings
+
+log = logging.getLogger("position_manager.api.stream")
+
+FETCH_LIMIT = 500
+# While pm.stream_fetch holds at a gap (a writer in flight), poll this often instead of waiting.
+HOLD_POLL_SECONDS = 0.05
+# A gap is given up after this long (a session idle in a transaction must not stall the stream).
+GAP_GRACE_SECONDS = 10
+RECONNECT_MILLISECONDS = 1000
+
+
+class StreamResource:
+    def __init__(self, settings: Settings, max_streams: int | None = None):
+        self.settings = settings
+        self.heartbeat = float(settings.stream_heartbeat)
+        self.max_seconds = float(settings.stream_max_seconds)
+        self.max_streams = max(settings.api_threads - 1, 0) if max_streams is None else max_streams
+        self._slots = threading.BoundedSemaphore(self.max_streams) if self.max_streams > 0 else None
+        self.open_streams = 0
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req, "last_event_id")
+        last_id = self._last_event_id(req)
+        if self._slots is None or not self._slots.acquire(blocking=False):
+            raise ApiError(503, "too_many_streams",
+                           f"this worker already serves {self.max_streams} live streams; retry later",
+                           {"Retry-After": "5"})
+        try:
+            conn = connect(self.settings, autocommit=True)
+        except psycopg.Error:
+            self._slots.release()
+            raise database_unavailable()
+        try:
+            conn.execute(q("extras_stream_listen"))  # before the first read: no commit falls between
+            if last_id is None:
+                (last_id,) = conn.execute(q("extras_stream_head")).fetchone()
+        except BaseException:
+            conn.close()
+            self._slots.release()
+            raise
+        resp.content_type = "text/event-stream"
+        resp.set_header("Cache-Control", "no-cache")
+        resp.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
+        resp.stream = self._events(conn, last_id, req.context.trace_id)
+
+    @staticmethod
+    def _last_event_id(req: falcon.Request) -> int | None:
+        header = req.get_header("Last-Event-ID")
+        query = params.integer(req, "last_event_id", default=None, minimum=0, maximum=2**63 - 1)
+        if header is None or not header.strip():
+            return query
+        if not header.strip().isdigit() or len(header.strip()) > 18:
+            raise bad_parameter("Last-Event-ID", f"expected an event id (a non-negative integer), got {header[:40]!r}")
+        return int(header.strip())
+
+    def _events(self, conn: psycopg.Connection, cursor: int, trace_id: str) -> Iterator[bytes]:
+        """The response body; runs after the request's middleware finished (its pooled connection
+        is back in the pool), on the worker thread, until the client leaves or the time is up."""
+        self.open_streams += 1
+        hold = None
+        started = last_sent = time.monotonic()
+        sent = 0
+        try:
+            yield f"retry: {RECONNECT_MILLISECONDS}\n: stream of position_updated after id {cursor}\n\n".encode()
+            while True:
+                (result,) = conn.execute(q("extras_stream_fetch"), {
+                    "after": cursor, "limit": FETCH_LIMIT, "hold": json.dumps(hold) if hold else None,
+                    "grace": GAP_GRACE_SECONDS}).fetchone()
+                progressed = result["cursor"] != cursor
+                cursor, hold = result["cursor"], result["hold"]
+                if result["events"]:
+                    yield "".join(
+                        f"id: {event['id']}\nevent: position_updated\ndata: {json.dumps(event['payload'], separators=(',', ':'))}\n\n"
+                        for event in result["events"]).encode()
+                    sent += len(result["events"])
+                    last_sent = time.monotonic()
+                if progressed:
+                    continue  # maybe more than one batch: read on before waiting
+                now = time.monotonic()
+                if now - started >= self.max_seconds:
+                    yield b": stream duration limit reached; reconnect with Last-Event-ID\n\n"
+                    return
+                if now - last_sent >= self.heartbeat:
+                    yield b": heartbeat\n\n"
+                    last_sent = now
+                wait = HOLD_POLL_SECONDS if hold else max(0.0, min(self.heartbeat - (now - last_sent),
+                                                                  self.max_seconds - (now - started)))
+                # any notification (or none, on timeout) means: read again
+                for _ in conn.notifies(timeout=wait, stop_after=1):
+                    pass
+        except psycopg.Error as exc:
+            # the database went away mid-stream: end it; the client reconnects and resumes
+            log.warning("live stream ended by a database error", extra={"trace_id": trace_id, "error": str(exc)})
+        finally:
+            self.open_streams -= 1
+            conn.close()
+            self._slots.release()
+            log.info("live stream closed", extra={"trace_id": trace_id, "events": sent,
+                                                  "seconds": round(time.monotonic() - started, 3)})
