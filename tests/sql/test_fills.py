@@ -490,3 +490,35 @@ def test_rollback_leaves_no_outbox_row_and_no_position_change(db, connect):
     # and the rolled-back execution can be applied later, once
     assert apply_order(db, exec_a("p2", "Buy", 1, 120, "0", 1))["status"] == "applied"
     assert position(db)["size"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Smaller contract points
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("category", ["spot", "option", "inverse"])
+def test_shape_c_other_categories_are_ignored(db, category):
+    assert apply_order(db, bybit_c("cat1", "Buy", 1, 100, "0", 0, category=category))["status"] == "ignored"
+    assert all(n == 0 for n in counts(db).values())
+
+
+def test_shape_b_hedge_leg(db):
+    res = apply_order(db, order_b("oh1", "filled", "Sell", "2", "100", "0", 0, mode="hedge", position_idx=2))
+    assert res["status"] == "applied"
+    row = position(db, mode="hedge")
+    assert (row["short_size"], row["short_avg_price"], row["size"]) == (2, 100, -2)
+
+
+def test_shape_b_filled_without_filled_quantity_uses_quantity(db):
+    ev = order_b("oq1", "filled", "Buy", "0", "100", "0", 0, quantity="3")
+    del ev["order"]["filled_quantity"]
+    assert apply_order(db, ev)["status"] == "applied"
+    assert position(db)["size"] == 3
+
+
+def test_shape_b_partial_fills_with_uneven_average(db):
+    apply_order(db, order_b("ou1", "partially_filled", "Buy", "0.3", "100", "0", 0))
+    apply_order(db, order_b("ou1", "filled", "Buy", "1", "101", "0", 1))
+    row = position(db)
+    assert row["size"] == 1 and close(row["average_entry_price"], D(101))
+    assert_matches_fold(db, row)

@@ -298,3 +298,23 @@ def test_adopted_average_from_a_report_older_than_the_last_fill(db):
     row = position(db)
     assert (row["size"], row["average_entry_price"]) == (4, 120)   # correction at 10, then the fill at 20
     assert fold(db, row["id"])["avg_price"] == 120
+
+
+def test_created_from_report_then_later_fill_adds(db):
+    apply_position(db, raw_record("Buy", "1", "100", "100", minute=10))
+    apply_order(db, exec_a("after", "Buy", "1", "110", "0", 20))
+    row = position(db)
+    assert (row["size"], row["average_entry_price"]) == (2, 105)
+    st = fold(db, row["id"])
+    assert (st["size"], st["avg_price"]) == (row["size"], row["average_entry_price"])
+
+
+def test_created_from_report_then_older_fill_is_already_in_it(db):
+    # README/COMMENT decision: a position created from a report holds every fill older than the report
+    apply_position(db, raw_record("Buy", "1", "100", "100", minute=10))
+    assert apply_order(db, exec_a("before", "Buy", "1", "100", "0.1", 5))["status"] == "applied"
+    row = position(db)
+    assert (row["size"], row["average_entry_price"]) == (1, 100)
+    assert row["realized_pnl"] == D("-0.1")
+    st = fold(db, row["id"])
+    assert (st["size"], st["avg_price"], st["realized"]) == (row["size"], row["average_entry_price"], row["realized_pnl"])
