@@ -36,6 +36,13 @@ def empty_db_settings():
         yield settings
 
 
+@pytest.fixture
+def second_empty_db_settings():
+    """Another brand-new empty database, for comparisons."""
+    with scratch_database() as settings:
+        yield settings
+
+
 @pytest.fixture(scope="module")
 def shared_migrated_db():
     """One migrated database for a whole module whose tests assert that they write nothing

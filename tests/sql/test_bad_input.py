@@ -11,7 +11,7 @@ import json
 import psycopg
 import pytest
 
-from tests.sql.helpers import at, at_ms, bybit_c, bybit_message, counts, exec_a, order_b, position
+from tests.sql.helpers import apply_order, at, at_ms, bybit_c, bybit_message, counts, exec_a, order_b, position
 
 MISSING = object()
 
@@ -153,15 +153,13 @@ def test_sql_null_order_event(shared_migrated_db):
                     None, "event")
 
 
-@pytest.mark.xfail(strict=True, reason="SQL bug: a JSON number where the symbol string is expected "
-                                       "(asset: 42) is accepted as symbol '42' and creates a position")
-@pytest.mark.parametrize("fld", ["asset"])
-def test_number_as_symbol_is_rejected(shared_migrated_db, fld):
-    assert_rejected(shared_migrated_db, call_order, with_field(A, fld, 42), fld)
+@pytest.mark.parametrize("base, fld", [(A, "asset"), (C, "symbol"), (B, "order.asset")])
+@pytest.mark.parametrize("value", [42, "42", "12345678"])
+def test_digits_only_symbol_is_rejected(shared_migrated_db, base, fld, value):
+    assert_rejected(shared_migrated_db, call_order, with_field(base, fld, value), fld)
 
 
 def test_bad_event_does_not_touch_an_existing_position(db):
-    from tests.sql.helpers import apply_order
     apply_order(db, exec_a("ok-1", "Buy", "2", "100", "0", 0))
     before = position(db)
     for event, field in [(exec_a("bad-x", "Sell", "NaN", "100", "0", 1), "execution_quantity"),

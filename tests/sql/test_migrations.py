@@ -223,22 +223,14 @@ def test_every_file_runs_twice_through_psql(empty_db_settings, preexisting):
         assert conn.execute("SELECT count(*) FROM pm.v_positions").fetchone()[0] == (5 if preexisting else 1)
 
 
-def test_psql_and_yoyo_give_the_same_schema(empty_db_settings, existing_db_pair):
+def test_psql_and_yoyo_give_the_same_schema(empty_db_settings, second_empty_db_settings):
     """The files run by psql and the files run by yoyo leave identical definitions."""
-    yoyo_settings = existing_db_pair
+    yoyo_settings = second_empty_db_settings
     migrate.apply(yoyo_settings)
     done = psql(empty_db_settings, *FORWARD_FILES)
     assert done.returncode == 0, done.stderr
     with connect_to(empty_db_settings) as a, connect_to(yoyo_settings) as b:
         assert fingerprint(a) == fingerprint(b)
-
-
-@pytest.fixture
-def existing_db_pair():
-    """A second empty database (yoyo side of the comparison)."""
-    from tests.sql.conftest import scratch_database
-    with scratch_database() as settings:
-        yield settings
 
 
 # ---------------------------------------------------------------------------------------------
