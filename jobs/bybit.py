@@ -57,6 +57,8 @@ def parse_tickers(body) -> TickerSnapshot:
     if not isinstance(body, dict) or "retCode" not in body:
         raise PriceApiError("malformed response: no retCode", transient=False)
     code = body.get("retCode")
+    if isinstance(code, str) and code.strip().lstrip("-").isdigit():
+        code = int(code)  # some proxies re-encode numbers as strings
     if code != 0:
         transient = code in TRANSIENT_RET_CODES
         raise PriceApiError(f"Bybit retCode {code}: {body.get('retMsg', '')}".strip(), transient=transient)
