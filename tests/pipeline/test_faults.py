@@ -126,13 +126,20 @@ def test_sigkill_after_commit_before_ack_redelivery_has_no_second_effect(pipe):
     committed = pipe.ledger_count()
     assert committed >= 1
     assert pipe.depth(q) == 5   # committed but never acknowledged: all back in the queue
+    version_before = pipe.position("SOLUSDT")["version"]
+    events_before = pipe.one("SELECT count(*) FROM pm.outbox WHERE event_type = 'position_updated'")
 
     second = pipe.start("order")
     wait_for(lambda: pipe.depth(q) == 0 and len(processed(pipe, second)) == 5, what="redelivery processed")
     assert pipe.ledger_count() == 5
     pos = pipe.position("SOLUSDT")
-    assert (D(pos["size"]), pos["version"]) == (5, 5)
-    assert pipe.one("SELECT count(*) FROM pm.outbox WHERE event_type = 'position_updated'") == 5
+    assert D(pos["size"]) == 5
+    # one version bump and one position_updated per batch that changed the position (pm.apply_batch
+    # writes a position once per batch); the redelivered, committed ones added none
+    events = pipe.one("SELECT count(*) FROM pm.outbox WHERE event_type = 'position_updated'")
+    assert events == pos["version"]
+    if committed == 5:
+        assert (pos["version"], events) == (version_before, events_before)
     redelivered = [r for r in processed(pipe, second) if r["redelivered"]]
     assert len(redelivered) == 5
     assert sum(r["status"] == "duplicate" for r in redelivered) == committed
