@@ -110,6 +110,11 @@ SELECT t.i, t.r FROM jsonb_array_elements(pm.apply_batch('order', %(events)s::js
 -- As pipeline_apply_order_batch, for position-queue message bodies.
 SELECT t.i, t.r FROM jsonb_array_elements(pm.apply_batch('position', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
 
+-- name: pipeline_schema_ready
+-- Whether the database is migrated far enough for the consumers (checked on every connect).
+SELECT to_regprocedure('pm.apply_batch(text,jsonb,boolean)') IS NOT NULL
+   AND to_regprocedure('pm.record_dead_letter(text,text,text,text,text,jsonb)') IS NOT NULL
+
 -- name: pipeline_record_dead_letter
 -- Keep a message sent to the dead-letter queue for operators and Grafana.
 SELECT pm.record_dead_letter(%(queue)s, %(reason)s, %(error_code)s, %(message_id)s, %(body)s, %(headers)s::jsonb)

@@ -199,11 +199,15 @@ class QueueConsumer:
         while self.db is None or self.db.closed or self.db.broken:
             try:
                 self.db = appdb.connect(self.settings, autocommit=True)
+                if not self.db.execute(appdb.q("pipeline_schema_ready")).fetchone()[0]:
+                    self.db.close()
+                    raise psycopg.errors.UndefinedFunction(
+                        "the database lacks the pm functions the consumer calls: run bin/migrate")
                 self.db_backoff.reset()
                 log.info("database connected", extra={"queue": self.queue})
             except psycopg.Error as exc:
                 delay = self.db_backoff.next_delay()
-                log.warning("database unreachable, retrying", extra={
+                log.warning("database unreachable or not migrated, retrying", extra={
                     "queue": self.queue, "error": str(exc).strip(), "retry_in_seconds": round(delay, 2)})
                 self._sleep(delay)
                 if self.stopping:

@@ -83,13 +83,18 @@ class Backoff:
 TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300"}
 
 
+# Classes that mean the database does not have what we call (not migrated, wrong privileges,
+# wrong schema): a deployment problem, never the message's fault, so never a dead letter.
+ENVIRONMENT_SQLSTATE_CLASSES = ("42", "3F")
+
+
 def is_transient_db_error(exc: BaseException) -> bool:
     """True when the database (not the message) is the problem: retry later, do not ack."""
     state = getattr(exc, "sqlstate", None)
     if state is None:
         # connection refused / lost / closed: psycopg raises these without a SQLSTATE
         return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-    return state.startswith("08") or state in TRANSIENT_SQLSTATES
+    return state.startswith(("08", *ENVIRONMENT_SQLSTATE_CLASSES)) or state in TRANSIENT_SQLSTATES
 
 
 def is_invalid_input(exc: BaseException) -> bool:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import time
 
+import psycopg
+
 from tests.pipeline import messages as m
 from tests.pipeline.conftest import wait_for
 
@@ -54,3 +56,32 @@ def test_queue_declared_elsewhere_with_other_arguments_is_used_as_it_is(pipe):
     assert any(r.get("message") == "queue exists with other arguments, using it as it is"
                for r in pipe.log_records(proc))
     assert proc.poll() is None
+
+
+def test_unmigrated_database_is_waited_for_not_dead_lettered(pipe, mq_vhost, tmp_path):
+    from psycopg import sql
+
+    from app import settings as settings_mod
+    from jobs import migrate
+    from tests.pipeline.conftest import Pipeline
+
+    name = f"{pipe.settings.postgres_db}_empty"
+    empty = pipe.settings.with_overrides(postgres_db=name)
+    with psycopg.connect(**pipe.settings.conninfo("postgres"), autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    other = Pipeline(empty, mq_vhost, tmp_path / "empty")
+    (tmp_path / "empty").mkdir()
+    try:
+        q = other.settings.order_queue
+        other.publish(q, m.execution("BTCUSDT", "Buy", "1", "100", at=1))
+        proc = other.start("order")
+        wait_for(lambda: any("not migrated" in r.get("message", "") for r in other.log_records(proc)),
+                 what="the consumer waiting for migrations")
+        assert other.depth(q) == 1 and other.depth(other.settings.dead_letter_queue) == 0
+        migrate.apply(settings_mod.load(other.env))
+        wait_for(lambda: other.position("BTCUSDT"), timeout=40, what="the message applied after migrating")
+        assert other.depth(other.settings.dead_letter_queue) == 0
+    finally:
+        other.close()
+        with psycopg.connect(**pipe.settings.conninfo("postgres"), autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
