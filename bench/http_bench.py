@@ -119,6 +119,39 @@ def stop_server(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+# ------------------------------------------------------------------ server CPU per request
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def server_pids(master_pid: int, admin: psycopg.Connection, dbname: str) -> list[int]:
+    """The gunicorn master and workers, and the PostgreSQL backends connected to the bench database."""
+    pids = [master_pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master_pid:
+                pids.append(int(entry.name))
+    rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                         (dbname,)).fetchall()
+    return pids + [pid for (pid,) in rows]
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """user + system CPU of each process (a process that is gone counts as 0)."""
+    result = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            result[pid] = (int(fields[11]) + int(fields[12])) / _TICK
+        except OSError:
+            result[pid] = 0.0
+    return result
+
+
 # ------------------------------------------------------------------ load generators
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
@@ -134,12 +167,13 @@ def run_wrk(url: str, connections: int, duration: float) -> dict:
     out = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
                           "-H", f"X-API-Key: {API_KEY}", url], capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests_done = int(re.search(r"(\d+) requests in", out).group(1))
     p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99, "non_2xx": int(bad.group(1)) if bad else 0,
-            "socket_errors": errors.group(0) if errors else None}
+    return {"rps": rps, "requests": requests_done, "p50_ms": p50, "p99_ms": p99,
+            "non_2xx": int(bad.group(1)) if bad else 0, "socket_errors": errors.group(0) if errors else None}
 
 
 def run_python(url: str, connections: int, duration: float) -> dict:
@@ -172,7 +206,7 @@ def run_python(url: str, connections: int, duration: float) -> dict:
     elapsed = time.perf_counter() - begin
     merged = sorted(x for per in latencies for x in per)
     quantiles = statistics.quantiles(merged, n=100)
-    return {"rps": len(merged) / elapsed, "p50_ms": quantiles[49], "p99_ms": quantiles[98],
+    return {"rps": len(merged) / elapsed, "requests": len(merged), "p50_ms": quantiles[49], "p99_ms": quantiles[98],
             "non_2xx": sum(non_2xx), "socket_errors": None}
 
 
@@ -180,8 +214,8 @@ def run_python(url: str, connections: int, duration: float) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds per measurement (default 3)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median reported (default 3)")
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default 2)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, median reported (default 5)")
     parser.add_argument("--positions", type=int, default=500)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
@@ -201,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     proc, url = start_server(settings, args.db, args.workers, args.threads, out_dir / "http_bench_gunicorn.log")
     results = []
+    admin = psycopg.connect(**settings.conninfo("postgres"), autocommit=True)
     try:
         for connections in (1, 8):
             for _, path in ENDPOINTS:
@@ -210,30 +245,44 @@ def main(argv: list[str] | None = None) -> int:
             rounds: dict[str, list[dict]] = {label: [] for label, _ in ENDPOINTS}
             for round_no in range(args.rounds):
                 for label, path in ENDPOINTS:
-                    rounds[label].append(run(url + path, connections, args.duration))
+                    pids = server_pids(proc.pid, admin, args.db)
+                    before = cpu_seconds(pids)
+                    figures = run(url + path, connections, args.duration)
+                    after = cpu_seconds(server_pids(proc.pid, admin, args.db))
+                    used = sum(after[pid] - before.get(pid, 0.0) for pid in after)
+                    figures["cpu_ms_per_request"] = used * 1000 / max(figures["requests"], 1)
+                    rounds[label].append(figures)
+            reference_rounds = rounds[ENDPOINTS[0][0]]
             for label, _ in ENDPOINTS:
                 ordered = sorted(rounds[label], key=lambda r: r["rps"])
                 figures = dict(ordered[len(ordered) // 2])
-                figures.update(endpoint=label, connections=connections,
+                # the share of the reference, per round (same moment, same outside load), median
+                shares = sorted(r["rps"] / ref["rps"] * 100 for r, ref in zip(rounds[label], reference_rounds))
+                cpu = statistics.median(r["cpu_ms_per_request"] for r in rounds[label])
+                figures.update(endpoint=label, connections=connections, cpu_ms_per_request=cpu,
                                rps_rounds=[round(r["rps"]) for r in rounds[label]],
+                               share_rounds=[round(x) for x in shares], share=statistics.median(shares),
                                non_2xx=sum(r["non_2xx"] for r in rounds[label]))
                 results.append(figures)
                 print(f"  c={connections} {label:28s} {figures['rps']:8.0f} req/s  p50 {figures['p50_ms']:6.2f} ms  "
-                      f"p99 {figures['p99_ms']:6.2f} ms  rounds {figures['rps_rounds']}  non-2xx {figures['non_2xx']}",
+                      f"p99 {figures['p99_ms']:6.2f} ms  cpu {cpu:5.2f} ms/req  rounds {figures['rps_rounds']}  share {figures['share_rounds']}  "
+                      f"non-2xx {figures['non_2xx']}",
                       flush=True)
     finally:
         stop_server(proc)
+        admin.close()
 
-    reference = {r["connections"]: r["rps"] for r in results if r["endpoint"].startswith("SELECT 1")}
     print(f"\n{args.positions} open positions, gunicorn {args.workers} workers x {args.threads} threads, "
           f"client {client}, median of {args.rounds} interleaved rounds of {args.duration:g} s, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    print("| endpoint | conns | req/s | p50 ms | p99 ms | vs SELECT 1 |")
-    print("|---|---:|---:|---:|---:|---:|")
+    cpu_reference = {r["connections"]: r["cpu_ms_per_request"] for r in results
+                     if r["endpoint"] == ENDPOINTS[0][0]}
+    print("| endpoint | conns | req/s | p50 ms | p99 ms | req/s vs SELECT 1 | server CPU ms/req | CPU-bound share |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
-        share = r["rps"] / reference[r["connections"]] * 100
+        r["cpu_share"] = cpu_reference[r["connections"]] / r["cpu_ms_per_request"] * 100
         print(f"| {r['endpoint']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-              f"| {share:.0f}% |")
+              f"| {r['share']:.0f}% | {r['cpu_ms_per_request']:.2f} | {r['cpu_share']:.0f}% |")
     (out_dir / "http_bench.json").write_text(json.dumps(
         {"positions": args.positions, "workers": args.workers, "threads": args.threads, "client": client,
          "duration": args.duration, "rounds": args.rounds, "results": results}, indent=2))
