@@ -10,8 +10,12 @@ limit) and pool, enabled by POSITION_MANAGER_BENCH_REFERENCE=1.
     .venv/bin/python bench/http_bench.py --rounds 5 --duration 5 --workers 4 --threads 4
 
 Load generator: wrk (apt-get install wrk) when installed, else a Python client (http.client,
-one keep-alive connection per thread; slower, so figures are lower and noisier). Results are
-printed as a Markdown table and written to bench/out/http_bench.json.
+one keep-alive connection per thread; slower, so figures are lower and noisier). The endpoints
+are measured in interleaved rounds and medians reported. Besides requests/s (at the mercy of
+whatever else runs on the machine), each cell reports the server CPU per request: user+system
+time of the gunicorn processes and of their PostgreSQL backends, divided by the requests served;
+on a CPU-bound box, throughput is inversely proportional to it, and it hardly moves with outside
+load. Results are printed as a Markdown table and written to bench/out/http_bench.json.
 """
 from __future__ import annotations
 
