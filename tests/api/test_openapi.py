@@ -8,6 +8,8 @@ import os
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings as hypothesis_settings
+from schemathesis.core.failures import FailureGroup
+from schemathesis.openapi.checks import RejectedPositiveData
 
 from app.api import create_app, make_api_pool
 from tests.api.conftest import API_KEY, fill, set_prices
@@ -28,11 +30,27 @@ def app(api_settings, db):
     pool.close()
 
 
+# issue 7 (app/api/extras/, tests/extras/): documented here too, so the fuzzing covers them
+EXTRAS_OPERATIONS = {
+    "PATCH /api/v1/positions/{asset}", "POST /api/v1/positions/{asset}/close", "GET /api/v1/positions/{asset}/history",
+    "POST /api/v1/prices", "GET /api/v1/portfolio/summary", "GET /api/v1/api-keys", "POST /api/v1/api-keys",
+    "DELETE /api/v1/api-keys/{name}", "GET /api/v1/stream"}
+# An SSE stream only ends after POSITION_MANAGER_STREAM_MAX_SECONDS: covered over real HTTP by
+# tests/extras/test_stream_gunicorn.py instead.
+NOT_FUZZED = {"GET /api/v1/stream"}
+# OpenAPI 3.0 cannot constrain the property names of an object (propertyNames is 3.1): a body
+# {"": "1"} is schema-valid, yet "" is no symbol (400 naming it). Every other check still runs.
+NOT_ACCEPTANCE_CHECKED = {"POST /api/v1/prices"}
+
+
 def operations(app):
     schema = schemathesis.openapi.from_wsgi("/openapi.yaml", app)
     schema.config.generation.update(max_examples=MAX_EXAMPLES, codec="ascii", allow_x00=False,
                                      # the key is sent by the test; its absence is covered by test_http.py
                                      with_security_parameters=False)
+    # (issue 7) a well-formed If-Match naming another version is a valid request answered 412
+    acceptance = schema.config.checks.positive_data_acceptance
+    acceptance.expected_statuses = [*acceptance.expected_statuses, "412"]
     return [result.ok() for result in schema.get_all_operations()]
 
 
@@ -42,7 +60,7 @@ def test_document_covers_every_route(app):
         "GET /health", "GET /api/v1/positions", "GET /api/v1/positions/{asset}",
         "POST /api/v1/positions/{asset}/validate", "POST /api/v1/positions/{asset}/snapshot",
         "GET /api/v1/positions/{asset}/snapshots", "GET /api/v1/portfolio", "GET /api/v1/portfolio/exposure",
-        "GET /api/v1/portfolio/pnl"}
+        "GET /api/v1/portfolio/pnl"} | EXTRAS_OPERATIONS
 
 
 # schemathesis' own pytest integration (schema.parametrize / from_fixture) does not run under the
@@ -50,6 +68,8 @@ def test_document_covers_every_route(app):
 @pytest.mark.parametrize("mode", [schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE])
 def test_api_conforms_to_its_openapi_document(app, mode):
     for operation in operations(app):
+        if operation.label in NOT_FUZZED:
+            continue
         has_parameters = any(len(part) for part in (operation.path_parameters, operation.query, operation.headers))
         if mode is schemathesis.GenerationMode.NEGATIVE and not has_parameters:
             continue  # nothing to make invalid (the key itself is covered by test_http.py)
@@ -58,7 +78,12 @@ def test_api_conforms_to_its_openapi_document(app, mode):
         @hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
                              suppress_health_check=list(HealthCheck))
         def check(case):
-            case.call_and_validate(headers={"X-API-Key": API_KEY})
+            try:
+                case.call_and_validate(headers={"X-API-Key": API_KEY})
+            except FailureGroup as failures:
+                if operation.label not in NOT_ACCEPTANCE_CHECKED or not all(
+                        isinstance(f, RejectedPositiveData) and f.status_code == 400 for f in failures.exceptions):
+                    raise
 
         try:
             check()

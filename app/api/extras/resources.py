@@ -54,14 +54,14 @@ def json_body(req: falcon.Request, *, required: bool = True):
 
 
 def expected_version(req: falcon.Request) -> int | None:
-    """If-Match: the version the client last saw (an ETag of GET, W/"7" or "7"); * or absent = any."""
+    """If-Match: the version the client last saw (an ETag of GET, W/"7" or "7"); * or absent = any.
+    Any other value is an ETag this service never issued: it cannot match, so the answer is 412
+    (RFC 9110 §13.1.1), expressed as a version no position has."""
     header = req.get_header("If-Match")
     if header is None or header.strip() == "*":
         return None
     match = _IF_MATCH.match(header.strip())
-    if not match:
-        raise bad_parameter("If-Match", f'expected one ETag such as W/"7" (the position\'s version), got {header[:40]!r}')
-    return int(match.group(2))
+    return int(match.group(2)) if match else -1
 
 
 def _set_etag(resp: falcon.Response, position: dict) -> None:
