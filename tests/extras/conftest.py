@@ -55,3 +55,50 @@ def position_row(db, asset: str, mode: str = "one-way") -> dict:
 
 def D(value) -> Decimal | None:
     return None if value is None else Decimal(str(value))
+
+
+# ------------------------------------------------------------------ the API (Falcon app, real database)
+
+from falcon import testing  # noqa: E402
+
+from app.api import create_app, make_api_pool  # noqa: E402
+# a real gunicorn (bin/serve) on a free port, killed at teardown: the API tests' fixture
+from tests.api.conftest import server_environ, start_server  # noqa: E402,F401
+
+ENV_KEY = "test-key"
+
+
+@pytest.fixture
+def api_settings(settings):
+    """Rate limiting on (stored keys have their own limits) but the environment key's is huge."""
+    return settings.with_overrides(rate_limit_default=1_000_000, metrics_cache_ttl=60, stream_heartbeat=1,
+                                   stream_max_seconds=3)
+
+
+@pytest.fixture
+def make_client():
+    pools = []
+
+    def _make(settings, key: str = ENV_KEY) -> testing.TestClient:
+        pool = make_api_pool(settings)
+        pools.append(pool)
+        return testing.TestClient(create_app(pool, settings), headers={"X-API-Key": key})
+
+    yield _make
+    for pool in pools:
+        pool.close()
+
+
+@pytest.fixture
+def client(make_client, api_settings) -> testing.TestClient:
+    return make_client(api_settings)
+
+
+def new_key(client, name: str, scope: str, rate_limit: int | None = None) -> str:
+    """A stored key made through POST /api/v1/api-keys with the (admin) environment key."""
+    body = {"name": name, "scope": scope}
+    if rate_limit is not None:
+        body["rate_limit"] = rate_limit
+    response = client.simulate_post("/api/v1/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json["key"]
