@@ -25,7 +25,8 @@ SELECT pm.cleanup_snapshots(%(retention_days)s, %(batch_size)s)
 
 -- name: job_validate_all
 -- Validate every position against its ledger and the exchange; fix when asked (bin/validate-positions).
-SELECT pm.validate_all(%(fix)s, %(trace)s)
+-- A procedure that commits after each position (the job's connection is in autocommit).
+CALL pm.validate_positions(%(fix)s, %(trace)s, NULL)
 
 -- name: job_stale_price_assets
 -- Symbols of open positions whose price is missing or stale (bin/refresh-prices).

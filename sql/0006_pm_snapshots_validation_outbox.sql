@@ -304,41 +304,61 @@ $$;
 COMMENT ON FUNCTION pm.validate_position(text, text, boolean, text, text) IS
     'pm.validate_position(asset, mode, fix, trace, actor) -> {"is_valid", "discrepancies": [{field, stored, expected, source: ledger|exchange}], "error_message", "updated_position", "fixed", "notes"}. Compares the stored position with (a) a fold of its ledger and (b) the exchange''s last report per leg (when not older than the last fill). With fix: the exchange''s size and average win (the ledger where the exchange never reported), realized PnL comes from the ledger; the fix is a correction row in the ledger, audited, version bumped. No authoritative source: reported, never fixed. Locks the row; counts validations, discrepancies, fixes. Raises P0002 when absent.';
 
+-- Adds one position's validation result to a summary of pm.validate_all / pm.validate_positions.
+CREATE OR REPLACE FUNCTION pm.validation_summary_add(p_summary jsonb, p_asset text, p_mode text, p_result jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object(
+        'positions', (s ->> 'positions')::integer + 1,
+        'invalid', (s ->> 'invalid')::integer
+                   + CASE WHEN NOT p_result ? 'no_authoritative_source' AND NOT (p_result ->> 'is_valid')::boolean THEN 1 ELSE 0 END,
+        'no_authoritative_source', (s ->> 'no_authoritative_source')::integer
+                   + CASE WHEN p_result ? 'no_authoritative_source' THEN 1 ELSE 0 END,
+        'discrepancies', (s ->> 'discrepancies')::integer + jsonb_array_length(p_result -> 'discrepancies'),
+        'fixed', (s ->> 'fixed')::integer + CASE WHEN (p_result ->> 'fixed')::boolean THEN 1 ELSE 0 END,
+        'details', (s -> 'details') || CASE WHEN (p_result ->> 'is_valid')::boolean THEN '[]'::jsonb
+            ELSE jsonb_build_array(jsonb_build_object('asset', p_asset, 'mode', p_mode,
+                     'error_message', p_result -> 'error_message', 'discrepancies', p_result -> 'discrepancies',
+                     'fixed', coalesce(p_result -> 'fixed', 'false'::jsonb))) END)
+      FROM (SELECT coalesce(p_summary, '{"positions": 0, "invalid": 0, "no_authoritative_source": 0,
+                                        "discrepancies": 0, "fixed": 0, "details": []}'::jsonb) AS s) x
+$$;
+COMMENT ON FUNCTION pm.validation_summary_add(jsonb, text, text, jsonb) IS
+    'pm.validation_summary_add(summary or NULL, asset, mode, pm.validate_position result) -> summary {"positions", "invalid", "no_authoritative_source", "discrepancies", "fixed", "details": [...]}. Pure.';
+
 CREATE OR REPLACE FUNCTION pm.validate_all(p_fix boolean DEFAULT false, p_trace text DEFAULT NULL) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
     pos record;
-    res jsonb;
-    n_positions integer := 0;
-    n_invalid integer := 0;
-    n_no_source integer := 0;
-    n_discrepancies integer := 0;
-    n_fixed integer := 0;
-    details jsonb := '[]'::jsonb;
+    summary jsonb := pm.validation_summary_add(NULL, NULL, NULL, '{"is_valid": true, "discrepancies": []}');
 BEGIN
+    summary := jsonb_set(summary, '{positions}', '0');
     FOR pos IN SELECT asset, mode FROM public.positions ORDER BY asset, mode LOOP
-        res := pm.validate_position(pos.asset, pos.mode, p_fix, p_trace, 'validate-positions');
-        n_positions := n_positions + 1;
-        IF res ? 'no_authoritative_source' THEN
-            n_no_source := n_no_source + 1;
-        ELSIF NOT (res ->> 'is_valid')::boolean THEN
-            n_invalid := n_invalid + 1;
-        END IF;
-        n_discrepancies := n_discrepancies + jsonb_array_length(res -> 'discrepancies');
-        IF (res ->> 'fixed')::boolean THEN
-            n_fixed := n_fixed + 1;
-        END IF;
-        IF NOT (res ->> 'is_valid')::boolean THEN
-            details := details || jsonb_build_object('asset', pos.asset, 'mode', pos.mode, 'error_message', res -> 'error_message',
-                                                     'discrepancies', res -> 'discrepancies', 'fixed', coalesce(res -> 'fixed', 'false'));
-        END IF;
+        summary := pm.validation_summary_add(summary, pos.asset, pos.mode,
+                                             pm.validate_position(pos.asset, pos.mode, p_fix, p_trace, 'validate-positions'));
     END LOOP;
-    RETURN jsonb_build_object('positions', n_positions, 'invalid', n_invalid, 'no_authoritative_source', n_no_source,
-                              'discrepancies', n_discrepancies, 'fixed', n_fixed, 'details', details);
+    RETURN summary;
 END
 $$;
 COMMENT ON FUNCTION pm.validate_all(boolean, text) IS
-    'pm.validate_all(fix, trace) -> {"positions", "invalid", "no_authoritative_source", "discrepancies", "fixed", "details": [...]}: pm.validate_position for every position in (asset, mode) order, in the caller''s transaction.';
+    'pm.validate_all(fix, trace) -> {"positions", "invalid", "no_authoritative_source", "discrepancies", "fixed", "details": [...]}: pm.validate_position for every position in (asset, mode) order, in the caller''s transaction (every row lock is held until it ends: for a large book prefer CALL pm.validate_positions, which commits per position).';
+
+CREATE OR REPLACE PROCEDURE pm.validate_positions(p_fix boolean, p_trace text, INOUT summary jsonb DEFAULT NULL)
+LANGUAGE plpgsql AS $$
+DECLARE
+    pos record;
+BEGIN
+    summary := jsonb_set(pm.validation_summary_add(NULL, NULL, NULL, '{"is_valid": true, "discrepancies": []}'),
+                         '{positions}', '0');
+    FOR pos IN SELECT asset, mode FROM public.positions ORDER BY asset, mode LOOP
+        summary := pm.validation_summary_add(summary, pos.asset, pos.mode,
+                                             pm.validate_position(pos.asset, pos.mode, p_fix, p_trace, 'validate-positions'));
+        COMMIT;   -- one position's lock at a time: fills never wait for the whole run
+    END LOOP;
+END
+$$;
+COMMENT ON PROCEDURE pm.validate_positions(boolean, text, jsonb) IS
+    'CALL pm.validate_positions(fix, trace, NULL) -> summary as pm.validate_all, but committing after each position so that only one position is locked at a time. Must be called outside an explicit transaction block (autocommit). A position created during the run is validated next time.';
 
 ------------------------------------------------------------------------------------------------
 -- Outbox relay (SPEC §4.2)

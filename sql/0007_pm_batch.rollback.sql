@@ -1,1 +1,12 @@
-DROP FUNCTION IF EXISTS pm.apply_batch(text, jsonb, boolean);
+-- Rollback of 0007_pm_batch: drops the views, functions and procedures it created (nothing else; no data).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+              WHERE n.nspname = 'pm' AND p.prokind = 'f' AND p.proname = ANY (ARRAY['apply_batch','finish_batch_group'])
+    LOOP
+        EXECUTE 'DROP FUNCTION IF EXISTS ' || f || ' CASCADE';
+    END LOOP;
+END
+$$;

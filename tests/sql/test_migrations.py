@@ -237,8 +237,6 @@ def test_psql_and_yoyo_give_the_same_schema(empty_db_settings, second_empty_db_s
 # (d) rollback
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="SQL bug: the rollback of 0007 leaves pm.finish_batch_group(positions,jsonb,text) behind")
 def test_rollback_removes_our_objects_and_keeps_shared_rows(existing_db):
     migrate.apply(existing_db)
     with connect_to(existing_db, autocommit=True) as conn:
