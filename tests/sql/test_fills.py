@@ -522,3 +522,16 @@ def test_shape_b_partial_fills_with_uneven_average(db):
     row = position(db)
     assert row["size"] == 1 and close(row["average_entry_price"], D(101))
     assert_matches_fold(db, row)
+
+
+@pytest.mark.parametrize("executed_at", ["2026-01-01T00:05:00Z", "2026-01-01T00:05:00", "2026-01-01 00:05:00",
+                                         "2026-01-01T02:05:00+02:00", "2025-12-31T19:05:00-0500",
+                                         "2026-01-01T00:05:00.000Z", "1767225900000", 1767225900000])
+def test_execution_times_are_utc_whatever_the_session_time_zone(db, executed_at):
+    db.execute("SET TimeZone = 'America/New_York'")
+    apply_order(db, exec_a("tz1", "Buy", 1, 100, "0", 0) | {"executed_at": executed_at})
+    row = position(db)
+    assert row["opened_at"] == at_naive(5)
+    assert apply_order(db, bybit_c("tz2", "Sell", 1, 100, "0", 9))["status"] == "applied"
+    assert position(db)["closed_at"] == at_naive(9)
+    assert db.execute("SELECT pm.get_position('BTCUSDT')").fetchone()[0]["closed_at"] == "2026-01-01T00:09:00.000000Z"
