@@ -42,6 +42,48 @@ GAP_GRACE_SECONDS = 10
 RECONNECT_MILLISECONDS = 1000
 
 
+class _StreamSlot:
+    """One stream's resources: its database connection and its place among the worker's streams.
+    Released exactly once, by whichever comes first: the end of the body, the server closing the
+    body (client gone), or the body being dropped unstarted (an error after on_get)."""
+
+    def __init__(self, conn: psycopg.Connection, slots: threading.BoundedSemaphore):
+        self.conn = conn
+        self._slots = slots
+        self._lock = threading.Lock()
+        self._released = False
+
+    def release(self) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
+        try:
+            self.conn.close()
+        finally:
+            self._slots.release()
+
+
+class _StreamBody:
+    """The WSGI iterable: gunicorn iterates it and calls close() when done or when the client left."""
+
+    def __init__(self, events: Iterator[bytes], slot: _StreamSlot):
+        self._events = events
+        self._slot = slot
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._events
+
+    def close(self) -> None:
+        try:
+            self._events.close()  # runs the generator's finally when it had started
+        finally:
+            self._slot.release()
+
+    def __del__(self) -> None:
+        self._slot.release()
+
+
 class StreamResource:
     def __init__(self, settings: Settings, max_streams: int | None = None):
         self.settings = settings
@@ -49,7 +91,6 @@ class StreamResource:
         self.max_seconds = float(settings.stream_max_seconds)
         self.max_streams = max(settings.api_threads - 1, 0) if max_streams is None else max_streams
         self._slots = threading.BoundedSemaphore(self.max_streams) if self.max_streams > 0 else None
-        self.open_streams = 0
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params.only(req, "last_event_id")
@@ -62,19 +103,20 @@ class StreamResource:
             conn = connect(self.settings, autocommit=True)
         except psycopg.Error:
             self._slots.release()
-            raise database_unavailable()
+            raise database_unavailable() from None
+        slot = _StreamSlot(conn, self._slots)
         try:
             conn.execute(q("extras_stream_listen"))  # before the first read: no commit falls between
-            if last_id is None:
-                (last_id,) = conn.execute(q("extras_stream_head")).fetchone()
+            (head,) = conn.execute(q("extras_stream_head")).fetchone()
         except BaseException:
-            conn.close()
-            self._slots.release()
+            slot.release()
             raise
+        # no id yet: from now on; an id beyond the newest (another database?): from the newest
+        cursor = head if last_id is None or last_id > head else last_id
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")  # nginx: do not buffer the stream
-        resp.stream = self._events(conn, last_id, req.context.trace_id)
+        resp.stream = _StreamBody(self._events(slot, cursor, req.context.trace_id), slot)
 
     @staticmethod
     def _last_event_id(req: falcon.Request) -> int | None:
@@ -86,10 +128,10 @@ class StreamResource:
             raise bad_parameter("Last-Event-ID", f"expected an event id (a non-negative integer), got {header[:40]!r}")
         return int(header.strip())
 
-    def _events(self, conn: psycopg.Connection, cursor: int, trace_id: str) -> Iterator[bytes]:
+    def _events(self, slot: _StreamSlot, cursor: int, trace_id: str) -> Iterator[bytes]:
         """The response body; runs after the request's middleware finished (its pooled connection
         is back in the pool), on the worker thread, until the client leaves or the time is up."""
-        self.open_streams += 1
+        conn = slot.conn
         hold = None
         started = last_sent = time.monotonic()
         sent = 0
@@ -103,7 +145,8 @@ class StreamResource:
                 cursor, hold = result["cursor"], result["hold"]
                 if result["events"]:
                     yield "".join(
-                        f"id: {event['id']}\nevent: position_updated\ndata: {json.dumps(event['payload'], separators=(',', ':'))}\n\n"
+                        f"id: {event['id']}\nevent: position_updated\n"
+                        f"data: {json.dumps(event['payload'], separators=(',', ':'))}\n\n"
                         for event in result["events"]).encode()
                     sent += len(result["events"])
                     last_sent = time.monotonic()
@@ -125,8 +168,6 @@ class StreamResource:
             # the database went away mid-stream: end it; the client reconnects and resumes
             log.warning("live stream ended by a database error", extra={"trace_id": trace_id, "error": str(exc)})
         finally:
-            self.open_streams -= 1
-            conn.close()
-            self._slots.release()
+            slot.release()
             log.info("live stream closed", extra={"trace_id": trace_id, "events": sent,
                                                   "seconds": round(time.monotonic() - started, 3)})
