@@ -20,6 +20,8 @@ from app.settings import ConfigError, Settings, load
 
 # Waiting longer than this for a pooled connection means the database is in trouble: answer 503.
 POOL_TIMEOUT_SECONDS = 3.0
+# No API statement should run longer; gunicorn's worker timeout is 30 s.
+STATEMENT_TIMEOUT_MS = 15000
 
 EXPOSURE_FIELDS = ("total_exposure_usdt", "net_exposure_usdt", "calculated_at")
 PNL_FIELDS = ("total_unrealized_pnl_usdt", "total_realized_pnl_usdt", "total_pnl_usdt", "calculated_at")
@@ -77,12 +79,15 @@ class RecentUseCheck:
             self._used_at.clear()
 
 
-def make_api_pool(settings: Settings) -> ConnectionPool:
+def make_api_pool(settings: Settings, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> ConnectionPool:
     """The worker's pool: as app.db.make_pool (same connection settings), one connection per
-    gunicorn thread at least, and the cheaper RecentUseCheck."""
+    gunicorn thread at least, the cheaper RecentUseCheck, and a statement timeout so that a
+    request never holds a gunicorn thread longer than that (57014 -> 503 + Retry-After)."""
     check = RecentUseCheck()
+    kwargs = settings.conninfo()
+    kwargs["options"] = f"{kwargs.get('options', '')} -c statement_timeout={int(statement_timeout_ms)}".strip()
     pool = ConnectionPool(
-        kwargs=settings.conninfo(),
+        kwargs=kwargs,
         min_size=1,
         max_size=max(settings.db_pool_size, settings.api_threads),
         timeout=POOL_TIMEOUT_SECONDS,

@@ -82,6 +82,9 @@ def _from_database(exc: psycopg.Error) -> ApiError | None:
         return ApiError(409, "conflict", message)
     if state in _CONFLICT_STATES:
         return ApiError(409, "conflict", f"{message}; retry the request")
+    if state == "57014":  # statement_timeout (make_api_pool): overloaded or a pathological query
+        return ApiError(503, "database_timeout", "the database did not answer in time; retry later",
+                        {"Retry-After": str(DATABASE_RETRY_AFTER)})
     if state.startswith("08") or state in _UNAVAILABLE_STATES or isinstance(exc, psycopg.OperationalError):
         return database_unavailable()
     return None

@@ -63,3 +63,24 @@ def test_database_goes_away_and_comes_back_under_gunicorn(start_server, settings
     assert poll(url, 200).json()["asset"] == "BTCUSDT"
     assert poll(server.url + "/health", 200).json()["database_connected"] is True
     assert "Traceback" not in server.log()
+
+
+def test_api_connections_carry_a_statement_timeout_mapped_to_503(api_settings, connect):
+    from app.api import STATEMENT_TIMEOUT_MS, make_api_pool
+    from app.api.errors import classify
+
+    pool = make_api_pool(api_settings)
+    try:
+        with pool.connection() as conn:
+            (value,) = conn.execute("SHOW statement_timeout").fetchone()
+        assert value == f"{STATEMENT_TIMEOUT_MS // 1000}s"
+    finally:
+        pool.close()
+    conn = connect(autocommit=True)
+    conn.execute("SET statement_timeout = 10")
+    try:
+        conn.execute("SELECT pg_sleep(1)")
+    except Exception as exc:  # psycopg.errors.QueryCanceled, SQLSTATE 57014
+        error = classify(exc)
+    assert error.status == 503 and error.error_code == "database_timeout"
+    assert int(error.headers["Retry-After"]) >= 1
