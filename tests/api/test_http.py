@@ -167,3 +167,11 @@ def test_rate_limit_in_one_process(make_client, api_settings):
 def test_rate_limit_can_be_disabled(make_client, api_settings):
     client = make_client(api_settings.with_overrides(rate_limit_enabled=False, rate_limit_default=1))
     assert [client.simulate_get("/api/v1/positions").status_code for _ in range(3)] == [200, 200, 200]
+
+
+def test_a_rejected_request_does_nothing(make_client, api_settings, db, btc):
+    client = make_client(api_settings.with_overrides(rate_limit_default=1))
+    assert client.simulate_post("/api/v1/positions/BTCUSDT/snapshot").status_code == 201
+    rejected = client.simulate_post("/api/v1/positions/BTCUSDT/snapshot")
+    assert rejected.status_code == 429
+    assert db.execute("SELECT count(*) FROM public.position_snapshots").fetchone() == (1,)
