@@ -158,6 +158,7 @@ class Fill:
     fee: Decimal
     minute: float
     leg: int = 0       # 0 one-way, 1 hedge long, 2 hedge short
+    funding: bool = False   # Bybit execType Funding: realized PnL only
 
 
 @dataclass
@@ -181,6 +182,9 @@ def ref_apply(st: RefState, f: Fill) -> RefState:
     """One fill, exactly as SPEC §2.2 states it."""
     when = at_naive(f.minute)
     was_flat = st.flat()
+    if f.funding:
+        st.realized = r8(st.realized - f.fee)
+        return st
     if f.leg == 0:
         d = f.qty if f.side == "Buy" else -f.qty
         if st.size == 0 or sign(st.size) == sign(d):

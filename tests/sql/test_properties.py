@@ -26,7 +26,7 @@ small_quantities = st.integers(min_value=1, max_value=5).map(Decimal)
 
 one_way_fill = st.builds(lambda side, qty, price, fee, shape: (side, qty, price, fee, shape),
                          st.sampled_from(["Buy", "Sell"]), st.one_of(small_quantities, quantities), prices, fees,
-                         st.sampled_from(["A", "C"]))
+                         st.sampled_from(["A", "C", "A", "C", "F"]))   # F: a Bybit Funding record
 one_way_sequences = st.lists(one_way_fill, min_size=1, max_size=12)
 
 
@@ -40,11 +40,14 @@ def s(d: Decimal) -> str:
 
 def to_fills(raw) -> list[Fill]:
     """Distinct, increasing execution times: minute i for the i-th fill."""
-    return [Fill(side, qty, price, fee, minute=i) for i, (side, qty, price, fee, _shape) in enumerate(raw)]
+    return [Fill(side, qty, price, fee, minute=i, funding=shape == "F")
+            for i, (side, qty, price, fee, shape) in enumerate(raw)]
 
 
 def event_for(asset: str, i: int, f: Fill, shape: str) -> dict:
     key = f"{asset}-{i}"
+    if shape == "F":
+        return bybit_c(key, f.side, s(f.qty), s(f.price), s(f.fee), f.minute, symbol=asset, seq=i, exec_type="Funding")
     if shape == "C":
         return bybit_c(key, f.side, s(f.qty), s(f.price), s(f.fee), f.minute, symbol=asset, seq=i)
     return exec_a(key, f.side, s(f.qty), s(f.price), s(f.fee), f.minute, asset=asset)
