@@ -213,6 +213,8 @@ def sample(settings: settings_mod.Settings, record: Record, stop: threading.Even
             db = None
             point["ledger_rows"] = point["outbox_pending"] = point["dead_letters"] = None
         with record.lock:
+            if point["t"] > record.now() + 0.01:     # taken before the traffic's clock was reset
+                continue
             point["published"] = len(record.published)
             point["api_requests"] = len(record.api)
             record.samples.append(point)
@@ -468,7 +470,9 @@ class Soak:
         self._wait(lambda: (self._count("soak_positions_count") or 0) >= len(self.traffic.assets), 60,
                    "the warm-up positions")
 
-        record.t0 = time.monotonic()
+        with record.lock:                       # the time series starts with the traffic
+            record.t0 = time.monotonic()
+            record.samples.clear()
         record.faults = self.schedule()
         base = f"http://127.0.0.1:{self.api_port}"
         for i in range(args.api_clients):
@@ -599,7 +603,7 @@ class Soak:
                 continue
             if status == 503 and inside_pg:
                 continue
-            if status == 0 and (inside_worker or inside_pg):
+            if status == 0 and inside_worker:     # the killed worker's requests in flight
                 continue
             bad.append((t, name, status))
         checks.append(("API: no 5xx but 503, 503 only while PostgreSQL was down", not bad,
