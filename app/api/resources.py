@@ -34,7 +34,11 @@ def _one(req: falcon.Request, name: str, args: dict) -> str:
 
 
 def _actor(req: falcon.Request) -> str:
-    """Who asked, for the audit trail: the key's hash prefix, never the key."""
+    """Who asked, for the audit trail: a stored key's name (app/api/extras), else the key's hash
+    prefix, never the key."""
+    stored = req.context.get("stored_key")
+    if stored:
+        return f"key:{stored.name}"
     return "api:" + key_hash(req.context.api_key)[:12] if req.context.api_key else "api"
 
 

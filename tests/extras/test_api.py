@@ -217,3 +217,13 @@ def test_key_management_errors(client):
                         ({"name": "bad name", "scope": "read"}, "name"), ({"name": "x", "scope": "read", "rate_limit": 0}, "rate_limit"),
                         ({"name": "x", "scope": "read", "extra": 1}, "extra"), ([1], "body")):
         assert_error(client.simulate_post("/api/v1/api-keys", json=body), 400, "invalid_parameter", field)
+
+
+def test_a_validation_fix_by_a_stored_admin_key_is_audited_with_its_name(client, make_client, api_settings, db):
+    fill(db, "BTCUSDT", "Buy", "1", "100")
+    db.execute("UPDATE public.positions SET size = 5 WHERE asset = 'BTCUSDT'")   # break it
+    admin = make_client(api_settings, new_key(client, "oncall", "admin"))
+    result = admin.simulate_post("/api/v1/positions/BTCUSDT/validate", params={"fix_discrepancies": "true"}).json
+    assert result["is_valid"] is False and result["updated_position"]["size"] == "1"
+    entry = history(client)[0]
+    assert (entry["source"], entry["action"], entry["actor"]) == ("validation", "fix", "key:oncall")
