@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from tests.sql.helpers import (Fill, apply_order, at_naive, bybit_c, exec_a, fold, hedge_a, position, ref_fold)
 
-PROPERTY_SETTINGS = settings(max_examples=50, deadline=None, database=None,
+PROPERTY_SETTINGS = settings(max_examples=40, deadline=None, database=None,
                              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 _assets = itertools.count(1)
 
