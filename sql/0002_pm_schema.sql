@@ -150,6 +150,9 @@ CREATE TABLE IF NOT EXISTS pm.portfolio_event_state (
     last_emitted_at timestamptz,
     last_change_id bigint NOT NULL DEFAULT 0
 );
+-- dirty: position changes were published since the last portfolio_updated (set by
+-- pm.outbox_mark_published; outbox ids are taken before commit, so "newest id" cannot tell)
+ALTER TABLE pm.portfolio_event_state ADD COLUMN IF NOT EXISTS dirty boolean NOT NULL DEFAULT false;
 INSERT INTO pm.portfolio_event_state (id) VALUES (1) ON CONFLICT (id) DO NOTHING;
 
 -- Differences found between a position and an authoritative source.

@@ -43,8 +43,11 @@ COMMENT ON FUNCTION pm.position_json(pm.v_positions, boolean) IS
     'pm.position_json(row of pm.v_positions, with_norm default true) -> jsonb: the Position representation of the API and of position_updated (decimals as strings, timestamps ISO Z). with_norm false leaves position_size_norm NULL and skips the portfolio total (the write path: the relay fills it in when it publishes).';
 
 CREATE OR REPLACE FUNCTION pm.get_position(p_asset text, p_mode text DEFAULT 'one-way') RETURNS jsonb
-LANGUAGE sql STABLE AS $$
-    SELECT pm.position_json(v) FROM pm.v_positions v WHERE v.asset = upper(p_asset) AND v.mode = p_mode
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    -- PL/pgSQL: its query plan is cached per session (a SQL function with a FROM is planned per call)
+    RETURN (SELECT pm.position_json(v) FROM pm.v_positions v WHERE v.asset = upper(p_asset) AND v.mode = p_mode);
+END
 $$;
 COMMENT ON FUNCTION pm.get_position(text, text) IS
     'pm.get_position(asset, mode) -> jsonb Position, or NULL when there is no such position. Read only.';

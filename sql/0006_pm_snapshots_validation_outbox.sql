@@ -98,7 +98,9 @@ LANGUAGE sql AS $$
       FROM pm.snapshot_ids(ARRAY(
                SELECT v.id FROM pm.v_positions v
                 WHERE v.is_open
-                   OR (v.closed_at IS NOT NULL AND (v.last_snapshot_at IS NULL OR v.closed_at > v.last_snapshot_at))),
+                   -- closed since its last snapshot, judged by our own change time: closed_at is the
+                   -- fill's execution time, and a close can be delivered after a later snapshot run
+                   OR (v.closed_at IS NOT NULL AND (v.last_snapshot_at IS NULL OR v.last_updated > v.last_snapshot_at))),
            p_trace)
 $$;
 COMMENT ON FUNCTION pm.snapshot_all(text) IS
@@ -391,28 +393,31 @@ COMMENT ON FUNCTION pm.outbox_claim(integer) IS
     'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish: the stored payload (already carrying event_type, trace_id, timestamp) plus event_id, and for position_updated the position_size_norm against the portfolio total at publish time, locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
 
 CREATE OR REPLACE FUNCTION pm.outbox_mark_published(p_ids bigint[]) RETURNS integer
-LANGUAGE sql AS $$
-    WITH u AS (UPDATE pm.outbox SET published_at = now() WHERE id = ANY (p_ids) AND published_at IS NULL RETURNING 1)
-    SELECT count(*)::integer FROM u
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+    changes integer;
+BEGIN
+    WITH u AS (UPDATE pm.outbox SET published_at = now() WHERE id = ANY (p_ids) AND published_at IS NULL
+               RETURNING event_type)
+    SELECT count(*), count(*) FILTER (WHERE event_type = 'position_updated') INTO n, changes FROM u;
+    IF changes > 0 THEN
+        UPDATE pm.portfolio_event_state SET dirty = true WHERE id = 1 AND NOT dirty;
+    END IF;
+    RETURN n;
+END
 $$;
-COMMENT ON FUNCTION pm.outbox_mark_published(bigint[]) IS 'pm.outbox_mark_published(ids) -> rows marked: sets published_at on those not yet published.';
-
-CREATE OR REPLACE FUNCTION pm.last_change_id() RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce((SELECT o.id FROM pm.outbox o WHERE o.event_type = 'position_updated' ORDER BY o.id DESC LIMIT 1), 0)
-$$;
-COMMENT ON FUNCTION pm.last_change_id() IS
-    'pm.last_change_id() -> the id of the newest committed position change (0 when none): grows with every change of any process; cheap (index scan backwards). For cache invalidation.';
+COMMENT ON FUNCTION pm.outbox_mark_published(bigint[]) IS
+    'pm.outbox_mark_published(ids) -> rows marked: sets published_at on those not yet published; when position changes were among them, marks the portfolio dirty for pm.enqueue_portfolio_event.';
 
 CREATE OR REPLACE FUNCTION pm.enqueue_portfolio_event(p_min_interval_seconds numeric, p_trace text DEFAULT NULL)
 RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     s pm.portfolio_event_state;
-    latest bigint := pm.last_change_id();
 BEGIN
     SELECT * INTO s FROM pm.portfolio_event_state WHERE id = 1 FOR UPDATE SKIP LOCKED;
-    IF NOT FOUND OR latest <= s.last_change_id
+    IF NOT FOUND OR NOT s.dirty
        OR (s.last_emitted_at IS NOT NULL AND now() - s.last_emitted_at < make_interval(secs => p_min_interval_seconds::double precision)) THEN
         RETURN false;
     END IF;
@@ -420,12 +425,16 @@ BEGIN
     VALUES ('portfolio_updated', 'portfolio', p_trace,
             pm.portfolio_json(NULL) || jsonb_build_object('event_type', 'portfolio_updated', 'trace_id', p_trace,
                                                           'timestamp', pm.iso(now())));
-    UPDATE pm.portfolio_event_state SET last_emitted_at = now(), last_change_id = latest WHERE id = 1;
+    UPDATE pm.portfolio_event_state
+       SET last_emitted_at = now(), dirty = false,
+           last_change_id = coalesce((SELECT o.id FROM pm.outbox o WHERE o.event_type = 'position_updated'
+                                       ORDER BY o.id DESC LIMIT 1), 0)
+     WHERE id = 1;
     RETURN true;
 END
 $$;
 COMMENT ON FUNCTION pm.enqueue_portfolio_event(numeric, text) IS
-    'pm.enqueue_portfolio_event(min interval seconds, trace) -> true when it enqueued one portfolio_updated event: only if positions changed since the last one and the interval has elapsed (coalescing, SPEC §4.2). Called by the relay, never on a read.';
+    'pm.enqueue_portfolio_event(min interval seconds, trace) -> true when it enqueued one portfolio_updated event: only if position changes were published since the last one (pm.outbox_mark_published marks them) and the interval has elapsed (coalescing, SPEC §4.2). Called by the relay after publishing, never on a read.';
 
 ------------------------------------------------------------------------------------------------
 -- Dead letters and health

@@ -45,10 +45,6 @@ def test_snapshot_all_takes_open_and_newly_closed_positions(db):
     assert (snapshot_count(db), snapshot_count(db, "ETHUSDT")) == (2, 1)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="SQL bug: pm.snapshot_all selects closed positions by closed_at > last_snapshot_at, but "
-                          "closed_at is the fill's execution time: a close delivered after a snapshot yet executed "
-                          "before it is never snapshotted")
 def test_snapshot_all_after_a_close_delivered_late(db):
     """The closing fill executed before the last snapshot ran but arrived after it: the position
     changed since that snapshot, so the next run must still record the closed state."""
