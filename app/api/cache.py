@@ -5,7 +5,7 @@ versions>", read in the same statement, so in the same snapshot as the figures; 
 position change bumps a version). It is served only while it is younger than the TTL
 (POSITION_MANAGER_METRICS_CACHE_TTL) AND the fingerprint is still the same: one cheap query
 instead of the portfolio aggregation. A fill committed by a consumer (another process) changes
-it, so the very next request recomputes. Chosen over pm.last_change_id(), which misses a change
+it, so the very next request recomputes. Chosen over the newest outbox id, which misses a change
 that took its outbox id before another change but committed after it, and over LISTEN pm_outbox
 in a background thread (an extra connection per worker; a notification arrives a moment after
 the commit, and none while reconnecting).
