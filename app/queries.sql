@@ -86,7 +86,7 @@ SELECT (SELECT count(*) || ':' || coalesce(sum(p.version), 0) FROM public.positi
 -- "<number of positions>:<sum of their versions>": every committed change of a position (fill,
 -- exchange update, price, fix) bumps its version, so this moves with every commit of any process,
 -- and a snapshot sees exactly the changes committed before it. The newest
--- outbox id) does not: ids are taken before commit, so a change that takes its id first and
+-- outbox id does not: ids are taken before commit, so a change that takes its id first and
 -- commits last leaves it unchanged (tests/api/test_portfolio.py). ~0.1 ms at 500 positions.
 SELECT count(*) || ':' || coalesce(sum(p.version), 0) FROM public.positions p
 
