@@ -51,19 +51,22 @@ COMMENT ON VIEW pm.v_holding_rows IS
 
 -- One row per holding: when it opened and closed, its side and realized PnL.
 CREATE OR REPLACE VIEW pm.v_holdings AS
-WITH totals AS (
+-- rows is referenced twice, so PostgreSQL computes the window pass once (a materialized CTE)
+WITH hr AS (
+    SELECT * FROM pm.v_holding_rows
+), totals AS (
     SELECT r.position_id, r.holding_no,
            max(r.exec_time) FILTER (WHERE r.closes) AS closed_at,
            coalesce(bool_or(r.closes), false) AS is_closed,
            round(sum(r.realized_delta), 8) AS realized_pnl,
            count(*) AS ledger_rows
-      FROM pm.v_holding_rows r
+      FROM hr r
      WHERE r.holding_no IS NOT NULL
      GROUP BY r.position_id, r.holding_no
 ), openings AS (
     SELECT r.position_id, r.opens_holding_no AS holding_no, r.exec_time AS opened_at, r.side_after AS side,
            r.kind = 'opening' AS from_opening_balance
-      FROM pm.v_holding_rows r
+      FROM hr r
      WHERE r.opens_holding_no IS NOT NULL
 )
 -- every holding has its opening row; one opened by a flip may have no row of its own yet
@@ -79,7 +82,9 @@ COMMENT ON VIEW pm.v_holdings IS
 
 -- The statistics as numbers (Grafana, pm.trade_statistics_json). Exactly one row, zeros when empty.
 CREATE OR REPLACE VIEW pm.v_trade_statistics AS
-WITH closed AS (
+WITH holdings AS (
+    SELECT * FROM pm.v_holdings        -- referenced twice: computed once
+), closed AS (
     SELECT count(*) AS n,
            count(*) FILTER (WHERE h.realized_pnl > 0) AS wins,
            count(*) FILTER (WHERE h.realized_pnl < 0) AS losses,
@@ -88,9 +93,9 @@ WITH closed AS (
            coalesce(sum(h.realized_pnl), 0) AS net,
            max(h.realized_pnl) FILTER (WHERE h.realized_pnl > 0) AS largest_win,
            min(h.realized_pnl) FILTER (WHERE h.realized_pnl < 0) AS largest_loss
-      FROM pm.v_holdings h WHERE h.is_closed
+      FROM holdings h WHERE h.is_closed
 ), open_h AS (
-    SELECT count(*) AS n FROM pm.v_holdings h WHERE NOT h.is_closed
+    SELECT count(*) AS n FROM holdings h WHERE NOT h.is_closed
 ), exposure AS (
     SELECT coalesce(sum(v.exposure_usdt), 0) AS total, max(v.exposure_usdt) AS largest
       FROM pm.v_positions v WHERE v.is_open AND v.exposure_usdt IS NOT NULL
