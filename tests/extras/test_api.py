@@ -114,6 +114,7 @@ def test_price_push_sets_prices_and_invalidates_the_portfolio_cache(client, db):
 @pytest.mark.parametrize("body, words", [
     ({"BTCUSDT": "-1"}, ["BTCUSDT"]), ({"BTCUSDT": "1", "ETHUSDT": "abc"}, ["ETHUSDT"]), ({"BT C": "1"}, ["BT C"]),
     ({}, ["body"]), (["BTCUSDT"], ["body"]), ({"BTCUSDT": {"p": 1}}, ["BTCUSDT"]),
+    ({"BTCUSDT": "0.000000001"}, ["BTCUSDT", "smallest"]),
 ])
 def test_bad_price_pushes_are_400_and_write_nothing(client, db, body, words):
     fill(db, "BTCUSDT", "Buy", "1", "100")
