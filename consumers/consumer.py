@@ -5,10 +5,12 @@ Per batch (up to POSITION_MANAGER_CONSUMER_BATCH_SIZE messages, flushed early wh
 goes quiet for a few milliseconds):
 
 1. Bodies that are not UTF-8 or not JSON are set aside for the dead-letter queue.
-2. The rest are applied in ONE transaction by ONE statement (`pipeline_apply_*_batch`, the SQL
-   function called once per message over an array). When any message raises, that transaction
-   is rolled back and the batch is applied again message by message, each under a SAVEPOINT:
-   invalid input (SQLSTATE class 22) is rolled back alone and dead-lettered, its neighbours commit.
+2. The rest are applied in ONE transaction by ONE statement (`pipeline_apply_*_batch`:
+   pm.apply_batch over the bodies as one JSON array; it writes each position once per batch, in
+   (asset, mode) order). When any message raises, that transaction
+   is rolled back and the batch is applied again message by message, each under a SAVEPOINT (at
+   most 50 per transaction): invalid input (SQLSTATE class 22) is rolled back alone and
+   dead-lettered, its neighbours commit.
    Savepoints only on this slow path: per message they cost ~30% throughput (measured, see README)
    and more than 64 subtransactions in one transaction overflow PostgreSQL's per-backend subxid
    cache, which slows down every other session's snapshots.
@@ -53,6 +55,7 @@ KINDS = {
 DEADLOCK_RETRIES = 3          # a deadlocked batch is retried at once this many times, then with backoff
 IDLE_FLUSH_SECONDS = 0.005    # flush a partial batch when no message arrived for this long
 MAX_BATCH_AGE_SECONDS = 0.05  # ... or when its oldest message waited this long
+SLOW_PATH_CHUNK = 50          # messages (savepoints) per transaction when applying one by one
 KILL_AFTER_COMMITS_ENV = "PM_TEST_KILL_AFTER_COMMITS"  # tests only: SIGKILL self after the Nth commit
 
 
@@ -361,18 +364,21 @@ class QueueConsumer:
                 raise
             log.info("a message of the batch failed, applying one by one", extra={
                 "queue": self.queue, "sqlstate": exc.sqlstate, "messages": len(todo)})
-        with self.db.transaction():
-            for d in todo:
-                try:
-                    with self.db.transaction():
-                        d.result = self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0]
-                except psycopg.Error as exc:
-                    if rabbit.is_transient_db_error(exc):
-                        raise
-                    if rabbit.is_invalid_input(exc):
-                        d.dead = (exc.diag.message_primary or str(exc), exc.sqlstate)
-                    else:
-                        d.failure = exc
+        # at most SLOW_PATH_CHUNK savepoints per transaction (PostgreSQL caches 64 subtransaction
+        # ids per backend); a retry after a transient error re-applies committed chunks as duplicates
+        for start in range(0, len(todo), SLOW_PATH_CHUNK):
+            with self.db.transaction():
+                for d in todo[start:start + SLOW_PATH_CHUNK]:
+                    try:
+                        with self.db.transaction():
+                            d.result = self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0]
+                    except psycopg.Error as exc:
+                        if rabbit.is_transient_db_error(exc):
+                            raise
+                        if rabbit.is_invalid_input(exc):
+                            d.dead = (exc.diag.message_primary or str(exc), exc.sqlstate)
+                        else:
+                            d.failure = exc
 
     def _count_failures(self, batch: list[Delivery]) -> None:
         """Unknown failures: retry later with backoff, dead-letter after max_delivery_attempts."""

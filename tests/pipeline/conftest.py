@@ -47,7 +47,7 @@ def mq_vhost():
         yield "/"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail naming what was awaited."""
     deadline = time.monotonic() + timeout
     while True:
