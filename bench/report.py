@@ -399,11 +399,14 @@ def markdown(figs: dict, made: dict[str, str], full: bool) -> str:
     if soak:
         lines += [f"{soak['duration']:.0f} s of traffic, recorded {soak.get('recorded_at', '?')}: "
                   f"**{'PASSED' if soak['passed'] else 'FAILED'}**.", "",
-                  "| fault | at s | took s | queues back to ~0 after s | detail |", "|---|---:|---:|---:|---|"]
+                  "| fault | at s | took s | peak backlog | back to ~0 after s | detail |", "|---|---:|---:|---:|---:|---|"]
         for f in soak["faults"]:
             took = f"{f['t_end'] - f['t_start']:.1f}" if f.get("t_end") is not None and f.get("t_start") is not None else "-"
             rec = "-" if f.get("recovered_after") is None else f"{f['recovered_after']:.1f}"
-            lines.append(f"| {f['kind']} | {f.get('t_start') or 0:.0f} | {took} | {rec} | {f['detail']} |")
+            peak = "-" if f.get("peak_backlog") is None else f"{f['peak_backlog']}"
+            lines.append(f"| {f['kind']} | {f.get('t_start') or 0:.0f} | {took} | {peak} | {rec} | {f['detail']} |")
+        lines += ["", "Backlog: ready messages on the order and position queues plus outbox rows not yet relayed, "
+                  "sampled every second."]
         lines += ["", "| check | result | detail |", "|---|---|---|"]
         for name, ok, detail in soak["checks"]:
             lines.append(f"| {name} | {'PASS' if ok else 'FAIL'} | {detail} |")
