@@ -180,13 +180,21 @@ def plots(figs: dict, plt) -> dict[str, str]:
 
     sql = figs.get("sql", {}).get("figures")
     if sql:
-        r = sql["runs"][0]
+        # one group of bars per run: the reference and the measurements of one run share its moment's load
         fig, ax = plt.subplots(figsize=(7, 3.6))
         labels = ["pgbench\nsimple-update", "apply, commit\nevery 1", "apply, commit\nevery 100", "pipelined,\ncommit every 100"]
-        values = [r["pgbench_simple_update_tps"] or 0, r["empty_k1_per_s"], r["empty_k100_per_s"], r["empty_k100_pipeline_per_s"]]
-        bars(ax, labels, values, ["#999999", "#4c72b0", "#4c72b0", "#4c72b0"])
+        width = 0.8 / len(sql["runs"])
+        for i, r in enumerate(sql["runs"]):
+            values = [r["pgbench_simple_update_tps"] or 0, r["empty_k1_per_s"], r["empty_k100_per_s"], r["empty_k100_pipeline_per_s"]]
+            xs = [j - 0.4 + width * (i + 0.5) for j in range(len(labels))]
+            rects = ax.bar(xs, values, width=width, label=f"run {i + 1}", color=("#4c72b0", "#dd8452", "#55a868")[i % 3])
+            for rect, v in zip(rects, values):
+                ax.annotate(f"{v:,.0f}", (rect.get_x() + rect.get_width() / 2, rect.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=8)
         ax.set_ylabel("per second (one connection)")
-        ax.set_title("SQL core: pm.apply_order_event vs pgbench (reference)")
+        ax.set_title("SQL core: pm.apply_order_event beside pgbench (reference, same run)")
+        ax.legend(fontsize=8)
         save(fig, "sql_throughput")
 
         # each run measures the empty ledger and the grown one minutes apart on a shared machine:
@@ -327,15 +335,20 @@ def markdown(figs: dict, made: dict[str, str], full: bool) -> str:
 
     sql = section("sql", "SQL core against pgbench (bench/sql_bench.py)")
     if sql:
-        r = sql["runs"][0]
-        ref = r["pgbench_simple_update_tps"] or 0
-        lines += ["| measurement (one connection) | per second | vs pgbench simple-update |", "|---|---:|---:|"]
-        lines.append(f"| pgbench `-b simple-update` (reference: one small read-write transaction) | {ref:,.0f} | 1.00 |")
+        runs = sql["runs"]
+        lines += ["| measurement (one connection), per second (x pgbench of the same run) | "
+                  + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
+                  "|---|" + "---:|" * len(runs)]
+        lines.append("| pgbench `-b simple-update` (reference: one small read-write transaction) | "
+                     + " | ".join(f"{r['pgbench_simple_update_tps'] or 0:,.0f}" for r in runs) + " |")
         for key, label in (("k1", "pm.apply_order_event, commit every execution"),
                            ("k100", "pm.apply_order_event, commit every 100"),
                            ("k100_pipeline", "the same, psycopg pipeline mode")):
-            v = r[f"empty_{key}_per_s"]
-            lines.append(f"| {label} | {v:,.0f} | {v / ref:.2f} |" if ref else f"| {label} | {v:,.0f} | |")
+            cells = []
+            for r in runs:
+                v, ref = r[f"empty_{key}_per_s"], r["pgbench_simple_update_tps"]
+                cells.append(f"{v:,.0f} ({v / ref:.2f}x)" if ref else f"{v:,.0f}")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         image("sql_throughput", "SQL core throughput beside pgbench")
         lines += ["Cost against ledger size: each run measures with an empty ledger, grows it by set-based "
