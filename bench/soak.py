@@ -129,6 +129,10 @@ class Broker:
         self.conn, self.channel = None, None
 
 
+class BrokerGone(RuntimeError):
+    """The private broker did not come back: the run cannot go on."""
+
+
 class Publisher:
     """Publishes as the producers do (default exchange, persistent, message_id) with publisher
     confirms; a message counts as published only once the broker confirmed it. While the broker
@@ -140,23 +144,27 @@ class Publisher:
         self.broker = Broker(settings, "publisher")
         self.queues = {ORDER_QUEUE: settings.order_queue, POSITION_QUEUE: settings.position_queue}
         self.retries = 0
+        self.patience = 180.0
 
-    def publish(self, msg: Message, give_up_at: float | None = None) -> bool:
+    def publish(self, msg: Message) -> None:
+        """Publish until confirmed; raises BrokerGone when the broker stays unreachable for
+        --broker-patience seconds (a restart that never came back), or when the run is stopping."""
         props = pika.BasicProperties(delivery_mode=2, content_type="application/json", message_id=msg.message_id,
                                      headers={"trace_id": f"soak-{msg.message_id}"})
+        failing_since = None
         while True:
             try:
                 channel = self.broker.ensure(confirm=True)
                 channel.basic_publish("", self.queues[msg.role], msg.body, props, mandatory=True)
                 with self.record.lock:
                     self.record.published.append((self.record.now(), msg))
-                return True
+                return
             except (pika.exceptions.AMQPError, OSError) as exc:
                 self.broker.close()
                 self.retries += 1
-                if give_up_at is not None and time.monotonic() > give_up_at:
-                    log(f"publisher: giving up on {msg.message_id}: {exc!r}")
-                    return False
+                failing_since = failing_since or time.monotonic()
+                if self.stop.is_set() or time.monotonic() - failing_since > self.patience:
+                    raise BrokerGone(f"could not publish for {time.monotonic() - failing_since:.0f}s: {exc!r}") from exc
                 time.sleep(0.5)
 
 
@@ -270,6 +278,7 @@ class Soak:
         self.traffic = Traffic(seed=args.seed)
         self.rng = random.Random(args.seed + 1)
         self._cleaned = False
+        self.fault_thread: threading.Thread | None = None
 
     # ---- servers and processes -----------------------------------------------------------------
 
@@ -324,6 +333,8 @@ class Soak:
         self._cleaned = True
         self.stop_traffic.set()
         self.stop_all.set()
+        if self.fault_thread is not None:
+            self.fault_thread.join(timeout=120)   # a restart in progress finishes before its server is destroyed
         for service in (self.consume, self.api):
             if service is not None:
                 service.stop(timeout=20)
@@ -458,6 +469,7 @@ class Soak:
         self.start()
         record = self.record
         publisher = Publisher(self.settings, record, self.stop_all)
+        publisher.patience = args.startup_timeout + 60
         self.threads.append(threading.Thread(target=collect_events, args=(self.settings, record, self.stop_all),
                                              daemon=True, name="collector"))
         self.threads.append(threading.Thread(target=sample, args=(self.settings, record, self.stop_all, 1.0),
@@ -482,7 +494,7 @@ class Soak:
                                  daemon=True, name=f"api-{i}")
             t.start()
             self.threads.append(t)
-        fault_thread = threading.Thread(target=self.run_faults, daemon=True, name="faults")
+        fault_thread = self.fault_thread = threading.Thread(target=self.run_faults, daemon=True, name="faults")
         fault_thread.start()
         log(f"traffic for {args.duration:.0f}s: {args.order_rate:g} order units/s, {args.position_rate:g} "
             f"position events/s, {args.api_clients} API clients; faults at "
