@@ -30,6 +30,7 @@ import atexit
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
@@ -637,6 +638,7 @@ class Soak:
                         and s["outbox_pending"] <= threshold):
                     f.recovered_after = round(s["t"] - f.t_end, 1)
                     break
+        checks.append(self._unplanned_exits())
         kinds_ok = {f.kind for f in record.faults if f.ok}
         checks.append(("every fault injected at least once", kinds_ok == set(FAULT_KINDS),
                        f"{sum(f.ok for f in record.faults)}/{len(record.faults)} injected; missing: "
@@ -647,6 +649,30 @@ class Soak:
                        not slow, ", ".join(f"{f.kind} {f.recovered_after if f.recovered_after is not None else 'never'}s"
                                            for f in record.faults)))
         return checks
+
+    def _unplanned_exits(self) -> tuple[str, bool, str]:
+        """Every process exit during the run was one the soak caused: the supervisor restarted the
+        order consumer once per consumer kill, the relay once per relay kill, the position consumer
+        never (a database or broker restart must not crash anything); gunicorn reaped exactly the
+        workers killed, and no worker timed out."""
+        faults = Counter(f.kind for f in self.record.faults if f.ok)
+        restarts: Counter = Counter()
+        for line in self.consume.log_path.read_text(errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("message") == "child exited, restarting":
+                restarts[entry.get("role")] += 1
+        api_log = self.api.log_path.read_text(errors="replace")
+        reaped = len(re.findall(r"Worker \(pid:\d+\) was sent SIGKILL", api_log))
+        timeouts = api_log.count("WORKER TIMEOUT")
+        expected = {"order": faults["consumer_kill"], "relay": faults["relay_kill"], "position": 0}
+        ok = all(restarts[role] == n for role, n in expected.items()) and reaped == faults["api_worker_kill"] \
+            and timeouts == 0
+        return ("no process exit but the ones injected", ok,
+                "restarts by the supervisor: " + ", ".join(f"{r} {restarts[r]} (expected {n})" for r, n in expected.items())
+                + f"; gunicorn workers killed {reaped} (expected {faults['api_worker_kill']}), timed out {timeouts}")
 
     def _drain_dead_letters(self) -> list[str]:
         broker = Broker(self.settings, "dlq")
@@ -722,7 +748,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="max seconds from the end of a fault until the queues are back to ~0 (default 30; 60 from 5 minutes on)")
     ap.add_argument("--startup-timeout", type=float, default=120.0)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--log-level", default="WARNING", help="of our processes (default WARNING)")
+    ap.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                    help="of our processes (default WARNING; the exit check reads their ERROR lines)")
     ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "soak.json"))
     ap.add_argument("--log-dir", default=None, help="process logs (default bench/out/soak-logs)")
     args = ap.parse_args(argv)

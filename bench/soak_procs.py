@@ -59,7 +59,7 @@ class Service:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
+        log = open(self.log_path, "wb")      # one run per log file
         self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         log.close()
@@ -78,14 +78,12 @@ class Service:
         return [pid for pid, cmd in children_of(self.pid) if contains in cmd]
 
     def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM (a clean stop: batches finish), then SIGKILL of the whole group after `timeout`."""
+        """SIGTERM to the leader (the supervisor / gunicorn master stops its children cleanly:
+        batches finish), then SIGKILL of the whole group after `timeout`."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
