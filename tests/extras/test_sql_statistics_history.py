@@ -171,3 +171,40 @@ def test_as_of_of_a_position_older_than_its_ledger_counts_from_its_creation(db):
     assert (before["size"], before["average_entry_price"], before["last_execution"]["kind"]) == ("5", "0.4", "opening")
     after = as_of(db, "2025-02-02T00:00:00Z", asset="ADAUSDT")
     assert (after["size"], after["average_entry_price"]) == ("10", "0.5")
+
+
+# ------------------------------------------------------------------ property: holdings partition the PnL
+
+import itertools  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st  # noqa: E402
+
+_ASSET_NUMBERS = itertools.count(1)
+
+_FILLS = st.lists(st.tuples(st.sampled_from(["Buy", "Sell"]), st.integers(1, 4), st.integers(90, 110),
+                            st.sampled_from(["0", "0.01", "-0.005"])), min_size=1, max_size=12)
+
+
+@given(fills=_FILLS, shuffle_seed=st.randoms(use_true_random=False))
+@hypothesis_settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+def test_holdings_partition_the_realized_pnl_in_any_delivery_order(db, fills, shuffle_seed):
+    """Whatever the fills and their delivery order: the holdings' realized PnL adds up to the
+    position's, exactly one holding is open iff the position is, and holdings close where the
+    size reaches zero or changes sign (counted from the fills in execution order)."""
+    asset = f"PROP{next(_ASSET_NUMBERS)}USDT"   # a fresh position per example (the database is shared)
+    timed = [(side, qty, price, fee, f"2025-01-01T00:{i:02d}:00Z") for i, (side, qty, price, fee) in enumerate(fills)]
+    delivery = list(timed)
+    shuffle_seed.shuffle(delivery)
+    for side, qty, price, fee, at in delivery:
+        fill(db, asset, side, str(qty), str(price), fee=fee, at=at)
+    size, closes = 0, 0
+    for side, qty, *_ in timed:
+        new = size + (qty if side == "Buy" else -qty)
+        closes += size != 0 and (new == 0 or (new > 0) != (size > 0))
+        size = new
+    realized, is_open = db.execute("SELECT realized_pnl, size <> 0 FROM public.positions WHERE asset = %s", (asset,)).fetchone()
+    rows = db.execute("SELECT is_closed, realized_pnl FROM pm.v_holdings WHERE asset = %s ORDER BY holding_no", (asset,)).fetchall()
+    assert sum(r[1] for r in rows) == realized
+    assert sum(1 for r in rows if r[0]) == closes
+    assert [r[0] for r in rows].count(False) == (1 if is_open else 0)
+    assert all(r[0] for r in rows[:-1])                      # only the newest holding can be open
