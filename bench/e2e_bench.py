@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-relay", action="store_true", help="run the order consumer without the relay beside it")
     ap.add_argument("--keep", action="store_true", help="keep the benchmark databases")
+    ap.add_argument("--e2e-only", action="store_true", help="skip the broker ceiling and direct SQL runs")
     args = ap.parse_args(argv)
 
     base = settings_mod.load()
@@ -263,9 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # broker ceiling: publish, then a consumer that only acks
         noop_queue = f"bench-{tag}.noop"
-        publish(settings, noop_queue, bodies)
-        results["broker"] = broker_ceiling(settings, noop_queue, args.n)
-        print(f"broker ceiling (no-op ack consumer): {results['broker']:,.0f} msg/s", flush=True)
+        if not args.e2e_only:
+            publish(settings, noop_queue, bodies)
+            results["broker"] = broker_ceiling(settings, noop_queue, args.n)
+            print(f"broker ceiling (no-op ack consumer): {results['broker']:,.0f} msg/s", flush=True)
 
         # end to end
         fresh_database(base, e2e_db)
@@ -279,6 +281,10 @@ def main(argv: list[str] | None = None) -> int:
               flush=True)
         problems = verify(settings, args.n, fills)
 
+        if args.e2e_only:
+            for p in problems[:20]:
+                print("  " + p)
+            return 1 if problems else 0
         # the SQL core alone, same executions, fresh database
         sql_settings = fresh_database(base, sql_db)
         results["sql"], results["sql_cpu"] = direct_sql(sql_settings, bodies)

@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import time
+from concurrent import futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,9 @@ class QueueConsumer:
         self.commits = 0
         self.kill_after_commits = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
         self.db_backoff = rabbit.Backoff()
+        # the database call of a batch runs on this thread while the main thread keeps receiving
+        # and decoding the next messages (pika is used by the main thread only)
+        self.worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -246,6 +250,7 @@ class QueueConsumer:
                 self.mq.close()   # unacknowledged messages (held retries, prefetch) go back to the queue
             except rabbit.BROKER_ERRORS:
                 pass
+        self.worker.shutdown(wait=True)
         if self.db is not None:
             self.db.close()
         log.info("stopped", extra={"queue": self.queue})
@@ -314,7 +319,7 @@ class QueueConsumer:
                 self._ensure_db()
                 if self.db is None or self.db.closed:
                     return False
-                self._apply(todo)
+                self._in_worker(self._apply, todo)
                 self.db_backoff.reset()
                 break
             except psycopg.Error as exc:
@@ -346,6 +351,34 @@ class QueueConsumer:
             # tests only: die between commit and ack, to prove a redelivery has no second effect
             os.kill(os.getpid(), signal.SIGKILL)
         return True
+
+    def _in_worker(self, fn, *args):
+        """fn(*args) on the database thread; meanwhile the broker connection is serviced here
+        (deliveries are received and decoded, heartbeats answered). The worker wakes this loop
+        when it is done (add_callback_threadsafe), so there is no polling delay."""
+        connection = self.mq
+
+        def call():
+            try:
+                return fn(*args)
+            finally:
+                if connection is not None:
+                    try:
+                        connection.add_callback_threadsafe(lambda: None)
+                    except Exception:  # noqa: BLE001 - the connection is gone; the loop below times out
+                        pass
+
+        future = self.worker.submit(call)
+        try:
+            while not future.done():
+                if connection is not None and connection.is_open:
+                    connection.process_data_events(time_limit=0.05)
+                else:
+                    futures.wait([future], timeout=0.05)
+        except BaseException:
+            futures.wait([future])   # never leave the database connection busy behind our back
+            raise
+        return future.result()
 
     def _apply(self, todo: list[Delivery]) -> None:
         if not todo:
