@@ -48,7 +48,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from soak_procs import ROOT, PrivateRabbit, Service, SoakPostgres, child_env, free_port, wait_http  # noqa: E402
-from soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold  # noqa: E402
+from soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold, fold_hedge  # noqa: E402
 
 from app import db as appdb  # noqa: E402
 from app import settings as settings_mod  # noqa: E402
@@ -437,11 +437,11 @@ class Soak:
                 break
             while orders < int(elapsed * args.order_rate):
                 orders += 1
-                unit = self.traffic.order_unit().messages
-                if rng.random() < args.reordered:
-                    delayed.append((time.monotonic() + rng.uniform(0.3, 2.0), unit))
+                unit = self.traffic.order_unit()
+                if unit.reorderable and rng.random() < args.reordered:
+                    delayed.append((time.monotonic() + rng.uniform(0.3, 2.0), unit.messages))
                 else:
-                    emit(unit)
+                    emit(unit.messages)
                 if rng.random() < args.poison:
                     emit([self.traffic.poison()])
             while positions < int(elapsed * args.position_rate):
@@ -567,13 +567,19 @@ class Soak:
 
         # 2. every position = the Python fold of what was published = pm.fold_ledger
         wrong, wrong_ledger, seen_assets = [], [], set()
-        for asset, mode, size, avg, realized, _version, f_size, f_avg, f_realized in rows:
+        for (asset, mode, size, avg, realized, l_size, l_avg, s_size, s_avg,
+             f_size, f_avg, f_realized, fl_size, fl_avg, fs_size, fs_avg) in rows:
             seen_assets.add(asset)
-            stored = (Decimal(size), None if avg is None else Decimal(avg), Decimal(realized or 0))
-            expect = fold(per_asset.get(asset, [])) if mode == "one-way" else None
+            if mode == "one-way":
+                stored = (size, avg, realized or 0)
+                expect = fold(per_asset.get(asset, []))
+                ledger_fold = (f_size, f_avg, f_realized or 0)
+            else:
+                stored = (size, l_size or 0, l_avg, s_size or 0, s_avg, realized or 0)
+                expect = fold_hedge(per_asset.get(asset, []))
+                ledger_fold = (f_size, fl_size or 0, fl_avg, fs_size or 0, fs_avg, f_realized or 0)
             if expect != stored:
-                wrong.append(f"{asset}/{mode}: stored {tuple(map(str, stored))}, fold {expect and tuple(map(str, expect))}")
-            ledger_fold = (Decimal(f_size), None if f_avg is None else Decimal(f_avg), Decimal(f_realized or 0))
+                wrong.append(f"{asset}/{mode}: stored {tuple(map(str, stored))}, fold {tuple(map(str, expect))}")
             if ledger_fold != stored:
                 wrong_ledger.append(f"{asset}/{mode}")
         missing = set(per_asset) - seen_assets

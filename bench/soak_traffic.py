@@ -53,6 +53,7 @@ class Execution:
     fee: Decimal
     time_ms: int
     seq: int = -1
+    leg: int = 0         # 0 one-way, 1 hedge long leg, 2 hedge short leg
 
 
 @dataclass
@@ -67,8 +68,11 @@ class Message:
 
 @dataclass
 class Unit:
-    """Messages published together, in this order (one order's cumulative events stay in order)."""
+    """Messages published together, in this order (one order's cumulative events stay in order).
+    A hedge unit is never held back: a reduce delivered before the fill that opened its leg is
+    invalid input (SPEC §2.2), so hedge legs depend on delivery order, unlike one-way positions."""
     messages: list[Message] = field(default_factory=list)
+    reorderable: bool = True
 
 
 def fold(executions) -> tuple[Decimal, Decimal | None, Decimal]:
@@ -97,6 +101,28 @@ def fold(executions) -> tuple[Decimal, Decimal | None, Decimal]:
     return size, avg, realized
 
 
+def fold_hedge(executions) -> tuple:
+    """(size, long size, long average, short size, short average, realized) of a hedge position."""
+    legs = {1: [Decimal(0), None], 2: [Decimal(0), None]}
+    realized = Decimal(0)
+    for e in sorted(executions, key=lambda e: (e.time_ms, e.seq, e.key)):
+        if e.kind == "funding":
+            realized = realized - e.fee
+            continue
+        leg = legs[e.leg]
+        adds = (e.leg == 1) == (e.side == "Buy")
+        if adds:
+            leg[1] = q8((leg[0] * (leg[1] or 0) + e.qty * e.price) / (leg[0] + e.qty))
+            leg[0] += e.qty
+        else:
+            realized += e.qty * ((e.price - leg[1]) if e.leg == 1 else (leg[1] - e.price))
+            leg[0] -= e.qty
+            if leg[0] == 0:
+                leg[1] = None
+        realized = q8(realized - e.fee)
+    return legs[1][0] - legs[2][0], legs[1][0], legs[1][1], legs[2][0], legs[2][1], realized
+
+
 class Traffic:
     """Generates units of order messages, position events and poison messages."""
 
@@ -111,6 +137,8 @@ class Traffic:
         self.counter = 0
         self.position_seq = {a: 0 for a in self.assets}
         self.exec_seq = self.rng.randint(10**9, 10**10)       # Bybit's cross sequence: < 10^12
+        self.hedge_assets = [f"SKH{i}USDT" for i in range(2)]   # traded in hedge mode (position_idx 1/2)
+        self.legs = {(a, leg): Decimal(0) for a in self.hedge_assets for leg in (1, 2)}
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -151,6 +179,8 @@ class Traffic:
 
     def order_unit(self) -> Unit:
         r = self.rng.random()
+        if r < 0.05:
+            return Unit([self._hedge(self.rng.choice(self.hedge_assets))], reorderable=False)
         asset = self.rng.choice(self.assets)
         if r < 0.4:
             return Unit([self._shape_a(asset)])
@@ -168,6 +198,38 @@ class Traffic:
                 "mode": "one-way", "trace_id": self._id("trace")}
         return Message(ORDER_QUEUE, json.dumps(body).encode(), event_id, "order_A",
                        (Execution(exec_id, asset, "trade", side, qty, price, fee, ms),))
+
+    def _hedge(self, asset: str) -> Message:
+        """One hedge-mode execution (shape A or C): adds to a leg, or reduces it by at most its size."""
+        leg = self.rng.choice((1, 2))
+        held = self.legs[(asset, leg)]
+        price = self._move_price_hedge(asset)
+        qty = max(Decimal("0.001"), (Decimal(str(self.rng.uniform(20, 2000))) / price).quantize(Decimal("0.001")))
+        reduce = held > 0 and self.rng.random() < 0.45
+        if reduce:
+            qty = min(qty, held)
+        side = ("Sell" if leg == 1 else "Buy") if reduce else ("Buy" if leg == 1 else "Sell")
+        self.legs[(asset, leg)] = held - qty if reduce else held + qty
+        fee, ms = self._fee(qty, price), self._next_ms()
+        if self.rng.random() < 0.5:
+            exec_id, event_id = self._id("ha"), str(uuid.uuid4())
+            body: dict = {"event_id": event_id, "event_type": "order_executed", "execution_id": exec_id,
+                          "order_id": self._id("o"), "asset": asset, "side": side, "execution_quantity": str(qty),
+                          "execution_price": str(price), "execution_fees": str(fee), "executed_at": iso_ms(ms),
+                          "mode": "hedge", "position_idx": leg, "trace_id": self._id("trace")}
+            return Message(ORDER_QUEUE, json.dumps(body).encode(), event_id, "order_A_hedge",
+                           (Execution(exec_id, asset, "trade", side, qty, price, fee, ms, -1, leg),))
+        exec_id, seq = self._id("hc"), self._next_seq()
+        body = {"category": "linear", "symbol": asset, "execId": exec_id, "orderId": str(uuid.uuid4()), "side": side,
+                "execQty": str(qty), "execPrice": str(price), "execFee": str(fee), "execTime": str(ms),
+                "execType": "Trade", "seq": seq, "isMaker": False, "orderType": "Market", "positionIdx": leg}
+        return Message(ORDER_QUEUE, json.dumps(body).encode(), str(uuid.uuid4()), "order_C_hedge",
+                       (Execution(exec_id, asset, "trade", side, qty, price, fee, ms, seq, leg),))
+
+    def _move_price_hedge(self, asset: str) -> Decimal:
+        if asset not in self.price:
+            self.price[asset] = Decimal(str(round(10 ** self.rng.uniform(0, 4), 4)))
+        return self._move_price(asset)
 
     def _shape_b(self, asset: str) -> list[Message]:
         """One order filled in 1..3 partial fills at one price (so each derived execution's price is

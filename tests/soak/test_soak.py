@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from soak_traffic import Execution, Traffic, fold, plain  # noqa: E402
+from soak_traffic import Execution, Traffic, fold, fold_hedge, plain  # noqa: E402
 
 from tests.pipeline.servers import PG_BIN, RABBIT_BIN  # noqa: E402
 
@@ -39,6 +39,15 @@ def test_fold_orders_by_execution_time_and_counts_funding_in_realized_only():
     assert fold(_fills(("Buy", "2", "100", "0")) + [funding]) == (Decimal(2), Decimal(100), Decimal("-0.5"))
 
 
+def test_fold_hedge_keeps_each_leg_apart():
+    fills = [Execution("h1", "X", "trade", "Buy", Decimal(2), Decimal(100), Decimal("0.1"), 1, leg=1),
+             Execution("h2", "X", "trade", "Sell", Decimal(1), Decimal(90), Decimal(0), 2, leg=2),
+             Execution("h3", "X", "trade", "Sell", Decimal(1), Decimal(110), Decimal(0), 3, leg=1),
+             Execution("h4", "X", "trade", "Buy", Decimal(1), Decimal(80), Decimal(0), 4, leg=2)]
+    # long: +2@100, -1@110 -> 1 @100, realized +10; short: +1@90, -1@80 -> flat, realized +10; fee 0.1
+    assert fold_hedge(fills) == (Decimal(1), Decimal(1), Decimal(100), Decimal(0), None, Decimal("19.9"))
+
+
 def test_plain_prints_decimals_like_trim_scale(db):
     for text in ("0.500", "12", "12.000", "0.001", "1000", "3.14159000"):
         assert plain(Decimal(text)) == db.execute("SELECT trim_scale(%s::numeric)::text", (text,)).fetchone()[0]
@@ -59,19 +68,30 @@ def test_generated_traffic_shuffled_through_the_sql_core_equals_the_fold(db):
     position equals the fold in execution-time order."""
     traffic = Traffic(seed=3, assets=5)
     warmup = traffic.warmup()
-    units = [traffic.order_unit().messages for _ in range(150)]
+    units = [traffic.order_unit() for _ in range(200)]
     rng = random.Random(5)
-    rng.shuffle(units)
-    messages = warmup + [m for unit in units for m in unit]
+    shuffled = [u.messages for u in units if u.reorderable]
+    rng.shuffle(shuffled)
+    in_order = [u.messages for u in units if not u.reorderable]     # hedge: never reordered by the soak
+    assert in_order and shuffled
+    messages = warmup + [m for unit in shuffled + in_order for m in unit]
     for m in messages + rng.sample(messages, 30):
         db.execute("SELECT pm.apply_order_event(%s::jsonb)", (m.body.decode(),))
     assert {r[0] for r in db.execute("SELECT exec_key FROM pm.executions")} == \
         {e.key for m in messages for e in m.executions}
     per_asset = _per_asset(messages)
-    rows = db.execute("SELECT asset, size, average_entry_price, realized_pnl FROM public.positions").fetchall()
-    assert len(rows) == 5
-    for asset, size, avg, realized in rows:
-        assert (size, avg, realized) == fold(per_asset[asset]), asset
+    _assert_positions_equal_the_fold(db, per_asset, 5 + 2)
+
+
+def _assert_positions_equal_the_fold(db, per_asset, count):
+    rows = db.execute("SELECT asset, mode, size, average_entry_price, realized_pnl, long_size, long_avg_price, "
+                      "short_size, short_avg_price FROM public.positions").fetchall()
+    assert len(rows) == count
+    for asset, mode, size, avg, realized, l_size, l_avg, s_size, s_avg in rows:
+        if mode == "one-way":
+            assert (size, avg, realized) == fold(per_asset[asset]), asset
+        else:
+            assert (size, l_size, l_avg, s_size, s_avg, realized) == fold_hedge(per_asset[asset]), asset
 
 
 def test_generated_traffic_in_publish_order_equals_the_fold_exactly(db):
@@ -89,10 +109,7 @@ def test_generated_traffic_in_publish_order_equals_the_fold_exactly(db):
     want = {e.key for m in messages for e in m.executions}
     got = {r[0] for r in db.execute("SELECT exec_key FROM pm.executions")}
     assert got == want
-    per_asset = _per_asset(messages)
-    for asset, size, avg, realized in db.execute(
-            "SELECT asset, size, average_entry_price, realized_pnl FROM public.positions"):
-        assert (size, avg, realized) == fold(per_asset[asset]), asset
+    _assert_positions_equal_the_fold(db, _per_asset(messages), 5 + 2)
 
 
 def test_every_poison_kind_is_rejected_by_the_sql_core_or_is_not_json(db):
