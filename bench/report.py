@@ -88,11 +88,9 @@ def _number(text: str) -> float:
     return float(text.replace(",", ""))
 
 
-def bench_e2e(full: bool) -> dict:
-    """bench/e2e_bench.py has no --json: its Markdown table is parsed."""
-    n = 100_000 if full else 10_000
-    code, text = run([PYTHON, "bench/e2e_bench.py", "--n", str(n)], 3600)
-    figures: dict = {"n": n, "exit_code": code, "verified": "verified:" in text}
+def parse_e2e(text: str) -> dict:
+    """Figures from e2e_bench.py's printed Markdown table."""
+    figures: dict = {"verified": "verified:" in text and "VERIFICATION FAILED" not in text}
     patterns = {"broker": r"\| broker ceiling[^|]*\| ([\d,]+) \|",
                 "direct_sql": r"\| direct SQL[^|]*\| ([\d,]+) \|",
                 "e2e": r"\| end to end: [^|]*\| ([\d,]+) \(",
@@ -101,6 +99,14 @@ def bench_e2e(full: bool) -> dict:
         m = re.search(pattern, text)
         if m:
             figures[key] = _number(m.group(1))
+    return figures
+
+
+def bench_e2e(full: bool) -> dict:
+    """bench/e2e_bench.py has no --json: its Markdown table is parsed."""
+    n = 100_000 if full else 10_000
+    code, text = run([PYTHON, "bench/e2e_bench.py", "--n", str(n)], 3600)
+    figures = {"n": n, "exit_code": code, **parse_e2e(text)}
     if "e2e" not in figures:
         raise RuntimeError(f"e2e_bench exit {code}, no figures in its output: {text[-500:]}")
     return figures
@@ -123,7 +129,15 @@ def bench_scaleout(full: bool) -> dict:
     """bench/scaleout_bench.py has no --json: its printed lines are parsed."""
     argv = [PYTHON, "bench/scaleout_bench.py"] + ([] if full else ["--fills", "4000", "--seconds", "6"])
     code, text = run(argv, 3600)
-    figures: dict = {"exit_code": code}
+    figures = {"exit_code": code, **parse_scaleout(text)}
+    if len(figures) == 1:
+        raise RuntimeError(f"scaleout_bench exit {code}, no figures in its output: {text[-500:]}")
+    return figures
+
+
+def parse_scaleout(text: str) -> dict:
+    """Figures from scaleout_bench.py's printed lines."""
+    figures: dict = {}
     m = re.search(r"1 process : [\d.]+ s, (\d+) fills/s", text)
     if m:
         figures["consumers_1"] = float(m.group(1))
@@ -137,8 +151,6 @@ def bench_scaleout(full: bool) -> dict:
         m = re.search(re.escape(label) + r": (\d+) req/s", text)
         if m:
             figures[key] = float(m.group(1))
-    if len(figures) == 1:
-        raise RuntimeError(f"scaleout_bench exit {code}, no figures in its output: {text[-500:]}")
     return figures
 
 
