@@ -63,7 +63,7 @@ from falcon import testing  # noqa: E402
 
 from app.api import create_app, make_api_pool  # noqa: E402
 # a real gunicorn (bin/serve) on a free port, killed at teardown: the API tests' fixture
-from tests.api.conftest import server_environ, start_server  # noqa: E402,F401
+from tests.api.conftest import pg_proxy, server_environ, start_server  # noqa: E402,F401
 
 ENV_KEY = "test-key"
 

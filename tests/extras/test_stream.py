@@ -204,3 +204,37 @@ def test_stream_parameters_and_auth(client, make_client, api_settings):
     busy = make_client(api_settings.with_overrides(api_threads=1))   # one thread: no stream may take it
     response = busy.simulate_get("/api/v1/stream")
     assert response.status_code == 503 and response.json["error_code"] == "too_many_streams"
+
+
+def test_a_stream_ends_when_the_database_goes_away_and_resumes_when_it_is_back(start_server, settings, db, pg_proxy):
+    """The stream's own connection is cut: the stream ends (its thread and slot are freed), a
+    reconnect gets 503 while the database is away, and Last-Event-ID resumes afterwards."""
+    env = server_environ(settings, POSTGRES_HOST="127.0.0.1", POSTGRES_PORT=str(pg_proxy.port),
+                         POSITION_MANAGER_API_WORKERS="1", POSITION_MANAGER_API_THREADS="2",
+                         POSITION_MANAGER_STREAM_HEARTBEAT="1")
+    server = start_server(env)
+    url, headers = server.url + "/api/v1/stream", {"X-API-Key": ENV_KEY}
+    stream = SseClient(url, headers)
+    try:
+        stream.next("comment")
+        fill(db, "BTCUSDT", "Buy", "1", "100")
+        seen = position_event(stream.next("event"))
+        pg_proxy.stop()
+        stream.next("end", 15)                          # the body ended instead of hanging
+        down = requests.get(url, headers=headers, timeout=10)
+        assert down.status_code == 503 and down.json()["error_code"] == "database_unavailable"
+        fill(db, "BTCUSDT", "Buy", "1", "101")          # committed while the stream was away
+        pg_proxy.start()
+        deadline = time.monotonic() + 30
+        while True:                                     # the only stream slot of the worker is free again
+            resumed = SseClient(url, {**headers, "Last-Event-ID": str(seen["id"])})
+            if resumed.response.status_code == 200 or time.monotonic() > deadline:
+                break
+            resumed.close()
+            time.sleep(0.3)
+        assert resumed.response.status_code == 200
+        assert position_event(resumed.next("event"))["version"] == 2
+        resumed.close()
+        assert "Traceback" not in server.log()
+    finally:
+        stream.close()
