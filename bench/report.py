@@ -277,6 +277,9 @@ def plots(figs: dict, plt) -> dict[str, str]:
         ax1.plot(t, [v if v is not None else float("nan") for v in rate("ledger_rows")], label="ledger rows applied / s", lw=1)
         ax1.plot(t, [v if v is not None else float("nan") for v in rate("published")], label="messages published / s", lw=1, alpha=0.7)
         ax1.plot(t, [v if v is not None else float("nan") for v in rate("api_requests")], label="API requests / s", lw=1, alpha=0.7)
+        if any("api_non_200" in p for p in ts):
+            ax1.plot(t, [v if v is not None else float("nan") for v in rate("api_non_200")],
+                     label="API answers other than 200 / s (503)", lw=1, color="red")
         ax1.set_ylabel("per second")
         ax1.legend(fontsize=7, loc="upper right")
         depth = [(p["order_depth"] + p["position_depth"]) if p.get("order_depth") is not None else float("nan") for p in ts]

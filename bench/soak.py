@@ -92,6 +92,8 @@ class Record:
     seen_events: set[str] = field(default_factory=set)
     seen_versions: set[tuple[str, str, int]] = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    api_scanned: int = 0          # the sampler's running count of API answers other than 200
+    api_non_200: int = 0
 
     def now(self) -> float:
         return time.monotonic() - self.t0
@@ -227,6 +229,9 @@ def sample(settings: settings_mod.Settings, record: Record, stop: threading.Even
                 continue
             point["published"] = len(record.published)
             point["api_requests"] = len(record.api)
+            record.api_non_200 += sum(1 for r in record.api[record.api_scanned:] if r[2] != 200)
+            record.api_scanned = len(record.api)
+            point["api_non_200"] = record.api_non_200
             record.samples.append(point)
     broker.close()
     if db is not None:
