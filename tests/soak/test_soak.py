@@ -145,3 +145,44 @@ def test_soak_30_seconds_with_every_fault(tmp_path):
     assert {f["kind"] for f in record["faults"] if f["ok"]} == {
         "consumer_kill", "relay_kill", "api_worker_kill", "rabbitmq_restart", "postgres_restart"}
     assert all(ok for _, ok, _ in record["checks"])
+
+
+def _checks_for(settings, db, monkeypatch, drop_published: int = 0, drop_event: int = 0) -> dict[str, bool]:
+    """The soak's end-of-run checks over a database filled through the SQL core, with a record
+    that misses `drop_published` published messages and `drop_event` received events."""
+    import soak
+    traffic = Traffic(seed=11, assets=4)
+    messages = traffic.warmup() + [m for _ in range(60) for m in traffic.order_unit().messages]
+    for m in messages:
+        db.execute("SELECT pm.apply_order_event(%s::jsonb)", (m.body.decode(),))
+    run = soak.Soak(soak.parse_args(["--duration", "30", "--json", "/dev/null"]))
+    run.settings, run.traffic_end = settings, 0.0
+    kept = messages[:len(messages) - drop_published] if drop_published else messages
+    run.record.published = [(0.0, m) for m in kept]
+    events = db.execute("SELECT event_id::text, asset, mode, version FROM pm.outbox "
+                        "WHERE event_type = 'position_updated' ORDER BY id").fetchall()
+    for event_id, asset, mode, version in events[drop_event:]:
+        run.record.seen_events.add(event_id)
+        run.record.seen_versions.add((asset, mode, version))
+    monkeypatch.setattr(run, "_drain_dead_letters", lambda: [])
+    monkeypatch.setattr(run, "_unplanned_exits", lambda: ("no process exit but the ones injected", True, ""))
+    return {name.split(" (")[0]: ok for name, ok, _ in run.check(drained=True)}
+
+
+def test_the_end_checks_pass_on_a_true_record(settings, db, monkeypatch):
+    checks = _checks_for(settings, db, monkeypatch)
+    assert checks["ledger = published executions"] and checks["every committed change published on position_updated"]
+    assert checks["every position = Python fold of the published executions"]
+    assert checks["every position = pm.fold_ledger of its ledger"]
+    assert checks["dead-letter queue = the poison messages"]
+
+
+def test_the_end_checks_catch_an_execution_off_the_record_and_a_lost_event(settings, db, monkeypatch):
+    """The soak can fail: an execution in the ledger that was never published (or, the same seen
+    from the other side, a published one the record lost) and an audited change that never
+    reached position_updated are both caught."""
+    checks = _checks_for(settings, db, monkeypatch, drop_published=3, drop_event=1)
+    assert not checks["ledger = published executions"]
+    assert not checks["every position = Python fold of the published executions"]
+    assert not checks["every committed change published on position_updated"]
+    assert checks["every position = pm.fold_ledger of its ledger"]
