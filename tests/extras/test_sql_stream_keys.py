@@ -6,7 +6,6 @@ import hashlib
 import json
 import time
 
-import pytest
 
 from app.db import q
 from tests.extras.conftest import call, fill, sqlstate_of
