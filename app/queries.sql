@@ -104,12 +104,24 @@ SELECT 1
 -- A batch of order-queue message bodies, sent as one JSON array text, applied in the caller's
 -- transaction by pm.apply_batch (not isolated: each position is written once per batch);
 -- (ordinal, result) per message. Any invalid message fails the whole statement (the consumer then
--- applies them one by one with apply_order_event under savepoints).
-SELECT t.i, t.r FROM jsonb_array_elements(pm.apply_batch('order', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
+-- applies them one by one with apply_order_event under savepoints). The result is cut down to what
+-- the consumer logs ({status, reason, position: {asset, version}}, the last position of a
+-- multi-record message): the full Position of every message would be ~1 kB to send and parse.
+SELECT t.i, jsonb_build_object('status', t.r -> 'status', 'reason', t.r -> 'reason', 'position',
+           (SELECT jsonb_build_object('asset', p -> 'asset', 'version', p -> 'version')
+              FROM coalesce(t.r -> 'position',
+                            jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p
+             WHERE p IS NOT NULL))
+  FROM jsonb_array_elements(pm.apply_batch('order', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
 
 -- name: pipeline_apply_position_batch
 -- As pipeline_apply_order_batch, for position-queue message bodies.
-SELECT t.i, t.r FROM jsonb_array_elements(pm.apply_batch('position', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
+SELECT t.i, jsonb_build_object('status', t.r -> 'status', 'reason', t.r -> 'reason', 'position',
+           (SELECT jsonb_build_object('asset', p -> 'asset', 'version', p -> 'version')
+              FROM coalesce(t.r -> 'position',
+                            jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p
+             WHERE p IS NOT NULL))
+  FROM jsonb_array_elements(pm.apply_batch('position', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
 
 -- name: pipeline_schema_ready
 -- Whether the database is migrated far enough for the consumers (checked on every connect).

@@ -282,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         problems = verify(settings, args.n, fills)
 
         if args.e2e_only:
+            for name, seconds in sorted(e2e["cpu"].items(), key=lambda kv: -(kv[1] or 0)):
+                if seconds:
+                    print(f"  {seconds / args.n * 1e6:8.0f} us CPU per execution  {name}")
             for p in problems[:20]:
                 print("  " + p)
             return 1 if problems else 0
