@@ -827,6 +827,18 @@ $$;
 COMMENT ON FUNCTION pm.apply_order_progress_event(jsonb) IS
     'pm.apply_order_progress_event(event) -> result jsonb for order event shape B: derives the new execution as the difference of the cumulative filled_quantity / average_price / fees to what was applied for order_id (per-order row lock); Δq <= 0 is duplicate/stale; non-fill event types and dry runs are ignored. Raises 22023 naming the field.';
 
+-- The result of a message that carried several records (Bybit sends arrays).
+CREATE OR REPLACE FUNCTION pm.combine_results(p_results jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_array_length(p_results) = 1 THEN p_results -> 0
+                ELSE jsonb_build_object(
+                    'status', CASE WHEN jsonb_path_exists(p_results, '$[*] ? (@.status == "applied")') THEN 'applied'
+                                   ELSE p_results -> 0 ->> 'status' END,
+                    'results', p_results) END
+$$;
+COMMENT ON FUNCTION pm.combine_results(jsonb) IS
+    'pm.combine_results(array of per-record results) -> the one result when there is one, else {"status": applied if any record applied else the first status, "results": [...]}. Pure.';
+
 -- Every shape of SPEC §2.3 parsed into requests, in message order. Shape B (cumulative per order)
 -- comes back as one request with status 'cumulative': its execution depends on pm.order_progress.
 CREATE OR REPLACE FUNCTION pm.parse_order_event(p_event jsonb) RETURNS pm.exec_request[]
@@ -889,15 +901,9 @@ BEGIN
                    WHEN 'trade' THEN pm.apply_execution(r.asset, r.mode, r.e)
                    WHEN 'cumulative' THEN pm.apply_order_progress_event(p_event)
                    ELSE jsonb_build_object('status', r.status, 'reason', r.reason) END;
-        IF cardinality(reqs) = 1 THEN
-            RETURN res;
-        END IF;
         results := results || jsonb_build_array(res);
     END LOOP;
-    RETURN jsonb_build_object(
-        'status', CASE WHEN jsonb_path_exists(results, '$[*] ? (@.status == "applied")') THEN 'applied'
-                       ELSE results -> 0 ->> 'status' END,
-        'results', results);
+    RETURN pm.combine_results(results);
 END
 $$;
 COMMENT ON FUNCTION pm.apply_order_event(jsonb) IS

@@ -272,13 +272,7 @@ BEGIN
         results := results || jsonb_build_array(
             pm.apply_position_record(data -> i, format('data[%s]', i), env_time, trace, event_id));
     END LOOP;
-    IF jsonb_array_length(results) = 1 THEN
-        RETURN results -> 0;
-    END IF;
-    RETURN jsonb_build_object(
-        'status', CASE WHEN jsonb_path_exists(results, '$[*] ? (@.status == "applied")') THEN 'applied'
-                       ELSE results -> 0 ->> 'status' END,
-        'results', results);
+    RETURN pm.combine_results(results);
 END
 $$;
 COMMENT ON FUNCTION pm.apply_position_event(jsonb) IS
