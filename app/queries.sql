@@ -173,7 +173,7 @@ SELECT pm.close_position(%(asset)s, %(mode)s, %(exit_price)s, %(expected_version
 
 -- name: extras_set_prices
 -- POST /api/v1/prices: {"SYMBOL": "price"} set by an operator or another system (source manual).
-SELECT pm.push_prices(%(prices)s::jsonb, %(trace)s, %(actor)s)::text
+SELECT pm.set_prices(%(prices)s::jsonb, 'manual', %(trace)s, %(actor)s)::text
 
 -- name: extras_trade_statistics
 -- GET /api/v1/portfolio/summary: holdings statistics from the ledger.

@@ -305,6 +305,9 @@ BEGIN
     -- validate everything first: one bad price rejects the whole call
     FOR k IN SELECT jsonb_object_keys(p_prices) LOOP
         price := pm.positive(pm.j_num(p_prices, k, k), k);
+        IF round(price, 8) = 0 THEN
+            PERFORM pm.bad_input(k, format('%s is below the smallest price 0.00000001', price));
+        END IF;
         prices := prices || jsonb_build_object(pm.norm_symbol(k, k), round(price, 8));
     END LOOP;
     FOR k IN SELECT jsonb_object_keys(prices) ORDER BY 1 LOOP

@@ -211,17 +211,17 @@ def test_rollback_files_drop_the_extras_and_the_forward_files_apply_again(db, se
         return db.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
                           "WHERE n.nspname = 'pm' AND p.proname IN ('close_position', 'update_position_meta', "
                           "'trade_statistics_json', 'position_history', 'position_as_of', 'stream_fetch', "
-                          "'api_key_lookup', 'push_prices')").fetchone()[0] + \
+                          "'api_key_lookup')").fetchone()[0] + \
             db.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                        "WHERE n.nspname = 'pm' AND c.relname IN ('position_meta', 'api_keys', 'v_trade_statistics', "
                        "'v_holdings', 'v_holding_rows')").fetchone()[0]
 
     fill(db, "BTCUSDT", "Buy", "1", "100")
-    assert extras_objects() == 13
+    assert extras_objects() == 12
     for path in backward:
         psql(path)
     assert extras_objects() == 0
     assert db.execute("SELECT count(*) FROM public.positions").fetchone()[0] == 1   # shared rows stay
     for path in forward + forward:                                                 # twice: idempotent
         psql(path)
-    assert extras_objects() == 13
+    assert extras_objects() == 12
