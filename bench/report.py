@@ -63,7 +63,7 @@ def bench_sql(full: bool, ledger_sizes: list[int]) -> dict:
         out = OUT / f"report_sql_{rows}.json"
         argv = [PYTHON, "bench/sql_bench.py", "--json", str(out), "--ledger-rows", str(rows)]
         if not full:
-            argv += ["--n", "3000", "--pgbench-seconds", "5"]
+            argv += ["--n", "10000", "--pgbench-seconds", "5"]   # k=1 runs n/10: 1,000 commits
         code, text = run(argv, 3600)
         if code != 0 or not out.exists():
             raise RuntimeError(f"sql_bench exit {code}: {text[-500:]}")
@@ -281,14 +281,16 @@ def plots(figs: dict, plt) -> dict[str, str]:
             ax1.plot(t, [v if v is not None else float("nan") for v in rate("api_non_200")],
                      label="API answers other than 200 / s (503)", lw=1, color="red")
         ax1.set_ylabel("per second")
-        ax1.legend(fontsize=7, loc="upper right")
+        ax1.set_ylim(0, ax1.get_ylim()[1] * 1.3)          # headroom for the legend
+        ax1.legend(fontsize=7, loc="upper left", ncol=2)
         depth = [(p["order_depth"] + p["position_depth"]) if p.get("order_depth") is not None else float("nan") for p in ts]
         ax2.plot(t, depth, label="ready messages (order + position queues)", color="#8172b2", lw=1)
         ax2.plot(t, [p["outbox_pending"] if p.get("outbox_pending") is not None else float("nan") for p in ts],
                  label="outbox rows not yet relayed", color="#937860", lw=1)
         ax2.set_ylabel("backlog")
         ax2.set_xlabel("seconds since the traffic started")
-        ax2.legend(fontsize=7, loc="upper right")
+        ax2.set_ylim(0, max(10, ax2.get_ylim()[1]) * 1.5)   # headroom for the fault labels
+        ax2.legend(fontsize=7, loc="center left")
         colors = {"consumer_kill": "red", "relay_kill": "orange", "api_worker_kill": "green",
                   "rabbitmq_restart": "purple", "postgres_restart": "black"}
         for f in soak["faults"]:
@@ -297,8 +299,8 @@ def plots(figs: dict, plt) -> dict[str, str]:
             for ax in (ax1, ax2):
                 ax.axvspan(f["t_start"], max(f["t_end"] or f["t_start"], f["t_start"] + 0.3),
                            color=colors.get(f["kind"], "grey"), alpha=0.2)
-            ax1.annotate(f["kind"].replace("_", " "), (f["t_start"], ax1.get_ylim()[1] * 0.97), fontsize=7,
-                         rotation=90, va="top", color=colors.get(f["kind"], "grey"))
+            ax2.annotate(f["kind"].replace("_", " "), (f["t_start"], ax2.get_ylim()[1] * 0.97), fontsize=7,
+                         rotation=90, va="top", ha="right", color=colors.get(f["kind"], "grey"))
         ax1.set_title(f"Soak: {soak['duration']:.0f} s of traffic with faults (shaded: fault in progress)")
         save(fig, "soak_timeline")
 
@@ -451,7 +453,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated subset of {','.join(BENCHES)}")
     ap.add_argument("--skip", default="", help="comma-separated benchmarks to leave out")
     ap.add_argument("--ledger-sizes", default=None,
-                    help="ledger rows for the cost-vs-size runs of sql_bench (default 100000,400000; --full 1000000,3000000)")
+                    help="ledger rows for the cost-vs-size runs of sql_bench (default 100000,1000000; --full 1000000,3000000)")
     ap.add_argument("--soak-duration", type=float, default=None,
                     help="run the soak for this many seconds (default: use its last record, bench/out/soak.json)")
     ap.add_argument("--plots-only", action="store_true", help="rewrite the report from bench/results/figures.json")
@@ -472,7 +474,7 @@ def main(argv=None) -> int:
     unknown = set(wanted) - set(BENCHES)
     if unknown:
         ap.error(f"unknown benchmark(s) {sorted(unknown)}; choose from {','.join(BENCHES)}")
-    sizes = [int(x) for x in (args.ledger_sizes or ("1000000,3000000" if args.full else "100000,400000")).split(",")]
+    sizes = [int(x) for x in (args.ledger_sizes or ("1000000,3000000" if args.full else "100000,1000000")).split(",")]
     runners = {"sql": lambda: bench_sql(args.full, sizes), "http": lambda: bench_http(args.full),
                "e2e": lambda: bench_e2e(args.full), "snapshot": lambda: bench_snapshot(args.full),
                "scaleout": lambda: bench_scaleout(args.full), "soak": lambda: bench_soak(args.soak_duration)}
