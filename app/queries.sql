@@ -234,7 +234,7 @@ SELECT exec_key, kind FROM pm.executions
 -- name: soak_positions_with_fold
 -- Every position as stored, beside a fold of its whole ledger from scratch (pm.fold_ledger).
 SELECT p.asset, p.mode, p.size, p.average_entry_price, p.realized_pnl,
-       p.long_size, p.long_avg_price, p.short_size, p.short_avg_price,
+       p.long_size, p.long_avg_price, p.short_size, p.short_avg_price, p.current_price,
        f.size AS fold_size, f.avg_price AS fold_avg, f.realized AS fold_realized,
        f.long_size AS fold_long_size, f.long_avg AS fold_long_avg,
        f.short_size AS fold_short_size, f.short_avg AS fold_short_avg

@@ -572,9 +572,16 @@ class Soak:
 
         # 2. every position = the Python fold of what was published = pm.fold_ledger
         wrong, wrong_ledger, seen_assets = [], [], set()
-        for (asset, mode, size, avg, realized, l_size, l_avg, s_size, s_avg,
+        newest_mark: dict[str, tuple] = {}
+        for msg in originals.values():
+            if msg.mark and msg.mark[1:3] > newest_mark.get(msg.mark[0], (0, 0, None))[:2]:
+                newest_mark[msg.mark[0]] = msg.mark[1:]
+        wrong_price = []
+        for (asset, mode, size, avg, realized, l_size, l_avg, s_size, s_avg, price,
              f_size, f_avg, f_realized, fl_size, fl_avg, fs_size, fs_avg) in rows:
             seen_assets.add(asset)
+            if asset in newest_mark and price != newest_mark[asset][2]:
+                wrong_price.append(f"{asset}: {price}, newest mark {newest_mark[asset][2]}")
             if mode == "one-way":
                 stored = (size, avg, realized or 0)
                 expect = fold(per_asset.get(asset, []))
@@ -594,6 +601,10 @@ class Soak:
                        + (f"; e.g. {wrong[0]}" if wrong else "")))
         checks.append(("every position = pm.fold_ledger of its ledger", not wrong_ledger,
                        f"{len(wrong_ledger)} differ" + (f": {wrong_ledger[:3]}" if wrong_ledger else "")))
+        checks.append(("every current price = the mark of the newest position event (late ones stale)",
+                       not wrong_price and len(newest_mark) > 0,
+                       f"{len(newest_mark)} positions priced by the exchange stream; {len(wrong_price)} differ"
+                       + (f"; e.g. {wrong_price[0]}" if wrong_price else "")))
 
         # 3. every audited change reached position_updated
         with record.lock:

@@ -64,6 +64,7 @@ class Message:
     kind: str                    # order_A|order_B|order_C|position_A|position_B|position_C|poison:<what>
     executions: tuple[Execution, ...] = ()
     duplicate_of: str | None = None
+    mark: tuple[str, int, int, Decimal] | None = None   # position events: (asset, updatedTime ms, seq, markPrice)
 
 
 @dataclass
@@ -332,7 +333,7 @@ class Traffic:
         else:
             body = {"id": event_id, "topic": "position", "creationTime": ms, "data": [raw]}
             kind = "position_C"
-        return Message(POSITION_QUEUE, json.dumps(body).encode(), event_id, kind)
+        return Message(POSITION_QUEUE, json.dumps(body).encode(), event_id, kind, mark=(asset, ms, seq, mark))
 
     # ---- poison (SPEC §4.3) ----------------------------------------------------------------------
 
