@@ -169,6 +169,18 @@ def bench_soak(duration: float | None) -> dict:
     return data
 
 
+SQL_SHORT = {"k1": "apply, commit\nevery 1", "k100": "apply, commit\nevery 100",
+             "k100_pipeline": "pipelined,\ncommit every 100", "k100_apply_batch": "pm.apply_batch,\n100 per call"}
+SQL_LONG = {"k1": "pm.apply_order_event, commit every execution", "k100": "pm.apply_order_event, commit every 100",
+            "k100_pipeline": "the same, psycopg pipeline mode",
+            "k100_apply_batch": "pm.apply_batch: 100 executions per call and commit (what the consumer sends)"}
+
+
+def sql_keys(runs: list[dict]) -> list[str]:
+    """The measurements of sql_bench present in every run (newer versions add some)."""
+    return [k for k in SQL_SHORT if all(f"empty_{k}_per_s" in r and f"1m_{k}_per_s" in r for r in runs)]
+
+
 # ------------------------------------------------------------------------------------------------
 # Plots
 # ------------------------------------------------------------------------------------------------
@@ -194,10 +206,11 @@ def plots(figs: dict, plt) -> dict[str, str]:
     if sql:
         # one group of bars per run: the reference and the measurements of one run share its moment's load
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        labels = ["pgbench\nsimple-update", "apply, commit\nevery 1", "apply, commit\nevery 100", "pipelined,\ncommit every 100"]
+        keys = sql_keys(sql["runs"])
+        labels = ["pgbench\nsimple-update"] + [SQL_SHORT[k] for k in keys]
         width = 0.8 / len(sql["runs"])
         for i, r in enumerate(sql["runs"]):
-            values = [r["pgbench_simple_update_tps"] or 0, r["empty_k1_per_s"], r["empty_k100_per_s"], r["empty_k100_pipeline_per_s"]]
+            values = [r["pgbench_simple_update_tps"] or 0] + [r[f"empty_{k}_per_s"] for k in keys]
             xs = [j - 0.4 + width * (i + 0.5) for j in range(len(labels))]
             rects = ax.bar(xs, values, width=width, label=f"run {i + 1}", color=("#4c72b0", "#dd8452", "#55a868")[i % 3])
             for rect, v in zip(rects, values):
@@ -213,7 +226,8 @@ def plots(figs: dict, plt) -> dict[str, str]:
         # the ratio within one run is the figure that means something
         fig, ax = plt.subplots(figsize=(7, 3.6))
         xs = [0] + [run["ledger_rows_at_end"] for run in sql["runs"]]
-        for key, label in (("k1", "commit every 1"), ("k100", "commit every 100"), ("k100_pipeline", "pipelined")):
+        for key in sql_keys(sql["runs"]):
+            label = SQL_SHORT[key].replace("\n", " ")
             ys = [100] + [100 * run[f"1m_{key}_per_s"] / run[f"empty_{key}_per_s"] for run in sql["runs"]]
             ax.plot(xs, ys, marker="o", label=label)
         ax.axhline(100, color="grey", lw=0.8, ls="--")
@@ -358,9 +372,8 @@ def markdown(figs: dict, made: dict[str, str], full: bool) -> str:
                   "|---|" + "---:|" * len(runs)]
         lines.append("| pgbench `-b simple-update` (reference: one small read-write transaction) | "
                      + " | ".join(f"{r['pgbench_simple_update_tps'] or 0:,.0f}" for r in runs) + " |")
-        for key, label in (("k1", "pm.apply_order_event, commit every execution"),
-                           ("k100", "pm.apply_order_event, commit every 100"),
-                           ("k100_pipeline", "the same, psycopg pipeline mode")):
+        for key in sql_keys(runs):
+            label = SQL_LONG[key]
             cells = []
             for r in runs:
                 v, ref = r[f"empty_{key}_per_s"], r["pgbench_simple_update_tps"]
@@ -371,12 +384,13 @@ def markdown(figs: dict, made: dict[str, str], full: bool) -> str:
         lines += ["Cost against ledger size: each run measures with an empty ledger, grows it by set-based "
                   "inserts, and measures again; per second, and in parentheses as a share of the same run's "
                   "empty-ledger rate:", "",
-                  "| ledger rows | commit every 1 | commit every 100 | pipelined |", "|---:|---:|---:|---:|"]
+                  "| ledger rows | " + " | ".join(SQL_SHORT[k].replace("\n", " ") for k in sql_keys(sql["runs"])) + " |",
+                  "|---:|" + "---:|" * len(sql_keys(sql["runs"]))]
         for x in sql["runs"]:
-            lines.append("| 0 | " + " | ".join(f"{x[f'empty_{k}_per_s']:,.0f}" for k in ("k1", "k100", "k100_pipeline")) + " |")
+            lines.append("| 0 | " + " | ".join(f"{x[f'empty_{k}_per_s']:,.0f}" for k in sql_keys(sql["runs"])) + " |")
             lines.append(f"| {x['ledger_rows_at_end']:,} | " + " | ".join(
                 f"{x[f'1m_{k}_per_s']:,.0f} ({100 * x[f'1m_{k}_per_s'] / x[f'empty_{k}_per_s']:.0f}%)"
-                for k in ("k1", "k100", "k100_pipeline")) + " |")
+                for k in sql_keys(sql["runs"])) + " |")
         lines.append("")
         image("ledger_cost", "rate against ledger size")
 
