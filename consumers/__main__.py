@@ -58,6 +58,8 @@ class Supervisor:
         exit_code = 0
         while not self.stopping:
             time.sleep(0.2)
+            if self.stopping:
+                break   # a signal to the whole process group also ended the children: not a crash
             for role, child in list(self.children.items()):
                 code = child.poll()
                 if code is None:
