@@ -7,8 +7,9 @@ execution gets a unique execution time (milliseconds, strictly increasing in gen
 so the ledger order (time, seq, key) is the generation order and the expected fold is exact.
 Position events use the three shapes of SPEC §2.4. Poison messages are of the kinds of §4.3.
 
-Pure: nothing here talks to a server. `fold()` is SPEC §2.2 (one-way) in Decimal, rounded to the
-8 decimals of the shared tables exactly as pm.step does, plus Funding (realized only).
+Pure: nothing here talks to a server. `fold()` / `fold_hedge()` apply the SQL-core tests' reference
+of SPEC §2.2 (tests/sql/helpers.py: Decimal, rounded to the 8 decimals of the shared tables exactly as
+pm.step does, Funding realized only) in ledger order.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+
+from tests.sql.helpers import Fill, ref_fold
 
 Q8 = Decimal("0.00000001")
 ORDER_QUEUE, POSITION_QUEUE = "order", "position"   # roles; the real names come from the settings
@@ -76,52 +79,24 @@ class Unit:
     reorderable: bool = True
 
 
+def _reference(executions):
+    """The reference state (tests/sql/helpers.py, SPEC §2.2 in Decimal) after `executions` in ledger
+    order (time, seq, key)."""
+    ordered = sorted(executions, key=lambda e: (e.time_ms, e.seq, e.key))
+    return ref_fold([Fill(side=e.side, qty=e.qty, price=e.price, fee=e.fee, minute=i, leg=e.leg,
+                          funding=e.kind == "funding") for i, e in enumerate(ordered)])
+
+
 def fold(executions) -> tuple[Decimal, Decimal | None, Decimal]:
-    """(size, average entry price, realized) of a one-way position after `executions`, applied in
-    ledger order (time, seq, key). SPEC §2.2; averages and realized rounded to 8 decimals per step."""
-    size, avg, realized = Decimal(0), None, Decimal(0)
-    for e in sorted(executions, key=lambda e: (e.time_ms, e.seq, e.key)):
-        if e.kind == "funding":
-            realized = realized - e.fee
-            continue
-        qty, price = e.qty, e.price
-        d = qty if e.side == "Buy" else -qty
-        if size == 0 or (size > 0) == (d > 0):
-            avg = q8((abs(size) * (avg or 0) + qty * price) / (abs(size) + qty))
-            size += d
-        else:
-            c = min(abs(size), qty)
-            realized += c * (price - avg) * (1 if size > 0 else -1)
-            new = size + d
-            if new == 0:
-                avg = None
-            elif (new > 0) != (size > 0):
-                avg = price
-            size = new
-        realized = q8(realized - e.fee)
-    return size, avg, realized
+    """(size, average entry price, realized) of a one-way position after `executions`."""
+    st = _reference(executions)
+    return st.size, st.avg, st.realized
 
 
 def fold_hedge(executions) -> tuple:
     """(size, long size, long average, short size, short average, realized) of a hedge position."""
-    legs = {1: [Decimal(0), None], 2: [Decimal(0), None]}
-    realized = Decimal(0)
-    for e in sorted(executions, key=lambda e: (e.time_ms, e.seq, e.key)):
-        if e.kind == "funding":
-            realized = realized - e.fee
-            continue
-        leg = legs[e.leg]
-        adds = (e.leg == 1) == (e.side == "Buy")
-        if adds:
-            leg[1] = q8((leg[0] * (leg[1] or 0) + e.qty * e.price) / (leg[0] + e.qty))
-            leg[0] += e.qty
-        else:
-            realized += e.qty * ((e.price - leg[1]) if e.leg == 1 else (leg[1] - e.price))
-            leg[0] -= e.qty
-            if leg[0] == 0:
-                leg[1] = None
-        realized = q8(realized - e.fee)
-    return legs[1][0] - legs[2][0], legs[1][0], legs[1][1], legs[2][0], legs[2][1], realized
+    st = _reference(executions)
+    return st.size, st.long_size, st.long_avg, st.short_size, st.short_avg, st.realized
 
 
 class Traffic:

@@ -6,6 +6,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
 
+from tests.sql.helpers import Fill, ref_fold
+
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 Q8 = Decimal("0.00000001")
 
@@ -66,22 +68,8 @@ def q8(x: Decimal) -> Decimal:
 
 
 def fold(fills) -> tuple[Decimal, Decimal | None, Decimal]:
-    """(size, average, realized) after one-way fills (side, qty, price, fee), SPEC §2.2."""
-    size, avg, realized = Decimal(0), None, Decimal(0)
-    for side, qty, price, fee in fills:
-        qty, price, fee = q8(Decimal(qty)), q8(Decimal(price)), q8(Decimal(fee))
-        d = qty if side == "Buy" else -qty
-        if size == 0 or (size > 0) == (d > 0):
-            avg = q8((abs(size) * (avg or 0) + qty * price) / (abs(size) + qty))
-            size += d
-        else:
-            c = min(abs(size), qty)
-            realized += c * (price - avg) * (1 if size > 0 else -1)
-            new = size + d
-            if new == 0:
-                avg = None
-            elif (new > 0) != (size > 0):
-                avg = price
-            size = new
-        realized = q8(realized - fee)
-    return size, avg, realized
+    """(size, average, realized) after one-way fills (side, qty, price, fee) in this order: the SQL-core
+    tests' reference of SPEC §2.2 (tests/sql/helpers.py)."""
+    st = ref_fold([Fill(side=side, qty=q8(Decimal(qty)), price=q8(Decimal(price)), fee=q8(Decimal(fee)), minute=i)
+                   for i, (side, qty, price, fee) in enumerate(fills)])
+    return st.size, st.avg, st.realized
