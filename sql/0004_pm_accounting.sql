@@ -389,7 +389,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     pos public.positions;
 BEGIN
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
     IF FOUND OR NOT p_create THEN
         RETURN pos;
     END IF;
@@ -399,12 +399,12 @@ BEGIN
             CASE WHEN p_mode = 'hedge' THEN 0 END, CASE WHEN p_mode = 'hedge' THEN 0 END,
             0, pm.now_utc(), pm.now_utc())
     ON CONFLICT (asset, mode) DO NOTHING;
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
     RETURN pos;
 END
 $$;
 COMMENT ON FUNCTION pm.lock_position(text, text, boolean) IS
-    'pm.lock_position(asset, mode, create) -> the positions row locked FOR UPDATE (concurrent writers queue here, no update is lost); with create, a missing row is inserted flat with version 0 first (race-safe). Returns an all-NULL row when absent and not created.';
+    'pm.lock_position(asset, mode, create) -> the positions row locked FOR NO KEY UPDATE (concurrent writers queue here, no update is lost; inserts that only reference the row, like snapshots, are not blocked); with create, a missing row is inserted flat with version 0 first (race-safe). Returns an all-NULL row when absent and not created.';
 
 CREATE OR REPLACE FUNCTION pm.unrealized(st pm.pos_state, p_mode text, p_price numeric, p_previous numeric)
 RETURNS numeric
@@ -599,7 +599,7 @@ DECLARE
     pos public.positions;
     st pm.pos_state;
 BEGIN
-    SELECT * INTO pos FROM public.positions WHERE id = p_position_id FOR UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE id = p_position_id FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'position % not found', p_position_id USING ERRCODE = 'P0002';
     END IF;

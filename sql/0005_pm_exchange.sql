@@ -316,7 +316,7 @@ BEGIN
             unknown := unknown || to_jsonb(k);
             CONTINUE;
         END IF;
-        FOR pos IN SELECT * FROM public.positions WHERE asset = k ORDER BY mode FOR UPDATE LOOP
+        FOR pos IN SELECT * FROM public.positions WHERE asset = k ORDER BY mode FOR NO KEY UPDATE LOOP
             IF pos.current_price = price THEN
                 UPDATE public.positions SET price_updated_at = pm.now_utc() WHERE id = pos.id;
                 unchanged := unchanged + 1;

@@ -195,7 +195,7 @@ DECLARE
     f record;
     updated jsonb;
 BEGIN
-    SELECT * INTO pos FROM public.positions WHERE asset = upper(p_asset) AND mode = p_mode FOR UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE asset = upper(p_asset) AND mode = p_mode FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'position %/% not found', upper(p_asset), p_mode USING ERRCODE = 'P0002';
     END IF;

@@ -49,7 +49,7 @@ COMMENT ON FUNCTION pm.get_position_ext(text, text) IS
     'pm.get_position_ext(asset, mode) -> Position jsonb (pm.position_json) plus stop_loss, take_profit, strategy, notes; NULL when there is no such position. Read only.';
 
 -- pm.lock_existing_position(asset, mode, expected version)
--- The position row locked FOR UPDATE, after the optional optimistic version check.
+-- The position row locked FOR NO KEY UPDATE (pm.lock_position), after the optional optimistic version check.
 CREATE OR REPLACE FUNCTION pm.lock_existing_position(p_asset text, p_mode text, p_expected_version integer)
 RETURNS public.positions
 LANGUAGE plpgsql AS $$
@@ -72,7 +72,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.lock_existing_position(text, text, integer) IS
-    'pm.lock_existing_position(asset, mode, expected version or NULL) -> the positions row locked FOR UPDATE. Raises 22023 for a bad mode, P0002 when absent, PM412 (DETAIL = current version) when expected version is given and differs. Never creates.';
+    'pm.lock_existing_position(asset, mode, expected version or NULL) -> the positions row locked FOR NO KEY UPDATE. Raises 22023 for a bad mode, P0002 when absent, PM412 (DETAIL = current version) when expected version is given and differs. Never creates.';
 
 -- pm.update_position_meta(asset, mode, patch, expected version, trace, actor)
 -- JSON merge patch of the operator metadata; audited as a manual change.
