@@ -49,6 +49,17 @@ ASSETS = [f"X{i:03d}USDT" for i in range(100)]
 API_KEY = "scaleout-bench-key"
 
 
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM every process, then wait up to 30 s each; kill what does not stop."""
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -156,13 +167,7 @@ def consumer_run(base, processes: int, bodies: list[bytes], tag: str) -> tuple[f
             print(f"   warning: only {done} of {len(bodies)} applied ({dead} dead letters)")
         return elapsed, final
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         delete_queues(settings, env)
         drop_database(base, settings.postgres_db)
 
@@ -242,13 +247,7 @@ def api_runs(base, clients: int, seconds: float, workers: str) -> dict:
         rate, lat, errors = load(ports, clients, seconds)
         results["two"] = (rate, lat, errors)
     finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         drop_database(base, settings.postgres_db)
     return results
 

@@ -505,6 +505,7 @@ DECLARE
     st pm.pos_state;
     r pm.executions;
     v_label text := p_pos.asset || '/' || p_pos.mode;
+    v_late boolean;
 BEGIN
     SELECT x.exec_time, x.seq, x.exec_key INTO l_time, l_seq, l_key
       FROM pm.executions x WHERE x.position_id = p_pos.id
@@ -520,33 +521,33 @@ BEGIN
         END IF;
     END IF;
 
-    IF l_key IS NULL OR (e.exec_time, e.seq, e.exec_key) > (l_time, l_seq, l_key) THEN
+    v_late := l_key IS NOT NULL AND (e.exec_time, e.seq, e.exec_key) < (l_time, l_seq, l_key);
+    IF NOT v_late THEN
         -- in order: the stored position is the state before this row
         st := pm.step(pm.state_of(p_pos), p_pos.mode, e, v_label);
-        INSERT INTO pm.executions (position_id, exec_key, kind, source, leg, side, qty, price, fee, exec_time, seq,
-                                   order_id, exec_type, target, state_after, trace_id, event_id)
-        VALUES (p_pos.id, e.exec_key, e.kind, e.source, e.leg, e.side, e.qty, e.price, e.fee, e.exec_time, e.seq,
-                e.order_id, e.exec_type, e.target, st, e.trace_id, e.event_id);
-        RETURN st;
+    ELSE
+        -- late: start from the state after the row just before it
+        st := pm.step(coalesce((SELECT x.state_after FROM pm.executions x
+                                 WHERE x.position_id = p_pos.id
+                                   AND (x.exec_time, x.seq, x.exec_key) < (e.exec_time, e.seq, e.exec_key)
+                                 ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1),
+                                pm.zero_state(p_pos.mode)),
+                      p_pos.mode, e, v_label);
     END IF;
-
-    -- late: start from the state after the row just before it, then re-fold every row after it
-    st := coalesce((SELECT x.state_after FROM pm.executions x
-                     WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) < (e.exec_time, e.seq, e.exec_key)
-                     ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1),
-                    pm.zero_state(p_pos.mode));
-    st := pm.step(st, p_pos.mode, e, v_label);
     INSERT INTO pm.executions (position_id, exec_key, kind, source, leg, side, qty, price, fee, exec_time, seq,
                                order_id, exec_type, target, state_after, trace_id, event_id)
     VALUES (p_pos.id, e.exec_key, e.kind, e.source, e.leg, e.side, e.qty, e.price, e.fee, e.exec_time, e.seq,
             e.order_id, e.exec_type, e.target, st, e.trace_id, e.event_id);
-    FOR r IN SELECT * FROM pm.executions x
-              WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) > (e.exec_time, e.seq, e.exec_key)
-              ORDER BY x.exec_time, x.seq, x.exec_key
-    LOOP
-        st := pm.step(st, p_pos.mode, r, v_label);
-        UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;
-    END LOOP;
+    IF v_late THEN
+        -- re-fold every row after it
+        FOR r IN SELECT * FROM pm.executions x
+                  WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) > (e.exec_time, e.seq, e.exec_key)
+                  ORDER BY x.exec_time, x.seq, x.exec_key
+        LOOP
+            st := pm.step(st, p_pos.mode, r, v_label);
+            UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;
+        END LOOP;
+    END IF;
     RETURN st;
 END
 $$;
