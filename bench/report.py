@@ -63,7 +63,7 @@ def bench_sql(full: bool, ledger_sizes: list[int]) -> dict:
         out = OUT / f"report_sql_{rows}.json"
         argv = [PYTHON, "bench/sql_bench.py", "--json", str(out), "--ledger-rows", str(rows)]
         if not full:
-            argv += ["--n", "10000", "--pgbench-seconds", "5"]   # k=1 runs n/10: 1,000 commits
+            argv += ["--n", "10000", "--pgbench-seconds", "5", "--repeat", "1"]   # k=1 runs n/10: 1,000 commits
         code, text = run(argv, 3600)
         if code != 0 or not out.exists():
             raise RuntimeError(f"sql_bench exit {code}: {text[-500:]}")

@@ -5,4 +5,5 @@ DROP FUNCTION IF EXISTS pm.outbox_notify();
 DROP TABLE IF EXISTS pm.dead_letters, pm.counters, pm.discrepancies, pm.portfolio_event_state, pm.outbox,
     pm.exchange_state, pm.order_progress, pm.executions CASCADE;
 DROP TYPE IF EXISTS pm.exec_request CASCADE;
+DROP TYPE IF EXISTS pm.position_image CASCADE;
 DROP TYPE IF EXISTS pm.pos_state CASCADE;

@@ -136,9 +136,38 @@ CREATE TABLE IF NOT EXISTS pm.outbox (
     CONSTRAINT outbox_event_type_check CHECK (event_type IN
         ('position_updated', 'portfolio_updated', 'position_snapshot_created'))
 );
+-- position_updated rows written by pm.write_state carry the position as it was after the change
+-- (image, binary) instead of a rendered payload: rendering the Position JSON is a fifth of the cost
+-- of a fill, so pm.outbox_body renders it when the row is read (relay, history, stream). Other
+-- events, and rows written before this column existed, carry payload.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                   WHERE n.nspname = 'pm' AND t.typname = 'position_image') THEN
+        -- the stored columns of public.positions that a Position shows (its own type, not the
+        -- table's row type: the shared table may gain columns)
+        CREATE TYPE pm.position_image AS (
+            id uuid, asset text, mode text, size numeric, average_entry_price numeric, unrealized_pnl numeric,
+            realized_pnl numeric, long_size numeric, short_size numeric, long_avg_price numeric,
+            short_avg_price numeric, last_updated timestamp, last_snapshot_at timestamp, current_price numeric,
+            version integer, created_at timestamp, closed_at timestamp, opened_at timestamp,
+            price_updated_at timestamp
+        );
+    END IF;
+END
+$$;
+ALTER TABLE pm.outbox ADD COLUMN IF NOT EXISTS image pm.position_image;
+ALTER TABLE pm.outbox ALTER COLUMN payload DROP NOT NULL;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'outbox_body_check' AND conrelid = 'pm.outbox'::regclass) THEN
+        ALTER TABLE pm.outbox ADD CONSTRAINT outbox_body_check CHECK (payload IS NOT NULL OR NOT image IS NULL);
+    END IF;
+END
+$$;
 CREATE INDEX IF NOT EXISTS outbox_pending ON pm.outbox (id) WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS outbox_position_history ON pm.outbox (position_id, id) WHERE position_id IS NOT NULL;
-COMMENT ON TABLE pm.outbox IS 'Transactional outbox of published events; position_updated rows are also the audit trail of every change';
+COMMENT ON TABLE pm.outbox IS 'Transactional outbox of published events; position_updated rows are also the audit trail of every change. The message body is pm.outbox_body(row): payload as stored, or rendered from image (the position after the change) as of created_at';
 
 -- The relay wakes on this notification instead of polling (consumers/relay.py).
 CREATE OR REPLACE FUNCTION pm.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$

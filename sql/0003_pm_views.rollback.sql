@@ -7,7 +7,7 @@ DECLARE
     f regprocedure;
 BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-              WHERE n.nspname = 'pm' AND p.prokind = 'f' AND p.proname = ANY (ARRAY['now_utc','portfolio_totals','setting'])
+              WHERE n.nspname = 'pm' AND p.prokind = 'f' AND p.proname = ANY (ARRAY['now_utc','portfolio_totals','setting','pos_is_open','pos_side','pos_exposure','pos_pnl_pct','pos_time_held','pos_price_stale','image_position'])
     LOOP
         EXECUTE 'DROP FUNCTION IF EXISTS ' || f || ' CASCADE';
     END LOOP;

@@ -52,6 +52,27 @@ $$;
 COMMENT ON FUNCTION pm.get_position(text, text) IS
     'pm.get_position(asset, mode) -> jsonb Position, or NULL when there is no such position. Read only.';
 
+CREATE OR REPLACE FUNCTION pm.image_of(p public.positions) RETURNS pm.position_image
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ROW(p.id, p.asset, p.mode, p.size, p.average_entry_price, p.unrealized_pnl, p.realized_pnl, p.long_size,
+               p.short_size, p.long_avg_price, p.short_avg_price, p.last_updated, p.last_snapshot_at, p.current_price,
+               p.version, p.created_at, p.closed_at, p.opened_at, p.price_updated_at)::pm.position_image
+$$;
+COMMENT ON FUNCTION pm.image_of(public.positions) IS
+    'pm.image_of(positions row) -> its pm.position_image (what pm.outbox keeps of the position after a change). Pure.';
+
+CREATE OR REPLACE FUNCTION pm.image_json(i pm.position_image) RETURNS jsonb
+LANGUAGE sql STABLE AS $$ SELECT pm.position_json(pm.image_position(i, pm.now_utc()), false) $$;
+COMMENT ON FUNCTION pm.image_json(pm.position_image) IS
+    'pm.image_json(image) -> the Position jsonb of a position image as of now (position_size_norm null). Read only.';
+
+CREATE OR REPLACE FUNCTION pm.position_ref(i pm.position_image) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object('id', i.id, 'asset', i.asset, 'mode', i.mode, 'version', i.version)
+$$;
+COMMENT ON FUNCTION pm.position_ref(pm.position_image) IS
+    'pm.position_ref(image) -> {"id", "asset", "mode", "version"}: which position a fill changed and its new version (the result of pm.apply_order_event; the whole Position is pm.get_position).';
+
 ------------------------------------------------------------------------------------------------
 -- Input parsing: every helper raises 22023 naming the field (p_path) on malformed input
 ------------------------------------------------------------------------------------------------
@@ -420,31 +441,49 @@ $$;
 COMMENT ON FUNCTION pm.unrealized(pm.pos_state, text, numeric, numeric) IS
     'pm.unrealized(state, mode, price, previous) -> unrealized PnL (SPEC §2.1): 0 when flat, previous when no price is known.';
 
-CREATE OR REPLACE FUNCTION pm.write_state(p_pos public.positions, st pm.pos_state, p_price numeric DEFAULT NULL,
-                                          p_price_at timestamp DEFAULT NULL, p_unrealized numeric DEFAULT NULL)
-RETURNS void
+-- Signatures of earlier versions (the change is now recorded by pm.write_state itself)
+DROP FUNCTION IF EXISTS pm.write_state(public.positions, pm.pos_state, numeric, timestamp, numeric);
+DROP FUNCTION IF EXISTS pm.record_change(uuid, text, text, text, text, jsonb);
+
+CREATE OR REPLACE FUNCTION pm.write_state(p_pos public.positions, st pm.pos_state, p_source text, p_action text,
+                                          p_trace text, p_actor text DEFAULT NULL, p_detail jsonb DEFAULT NULL,
+                                          p_price numeric DEFAULT NULL, p_price_at timestamp DEFAULT NULL,
+                                          p_unrealized numeric DEFAULT NULL)
+RETURNS pm.position_image
 LANGUAGE plpgsql AS $$
+DECLARE
+    img pm.position_image;
 BEGIN
-    -- PL/pgSQL rather than SQL: its UPDATE plan is prepared once per session, not per call
-    UPDATE public.positions
-       SET size = st.size,
-           average_entry_price = st.avg_price,
-           long_size = st.long_size, long_avg_price = st.long_avg,
-           short_size = st.short_size, short_avg_price = st.short_avg,
-           realized_pnl = st.realized,
-           opened_at = st.opened_at AT TIME ZONE 'UTC',
-           closed_at = st.closed_at AT TIME ZONE 'UTC',
-           current_price = coalesce(p_price, p_pos.current_price),
-           price_updated_at = CASE WHEN p_price IS NULL THEN p_pos.price_updated_at ELSE coalesce(p_price_at, pm.now_utc()) END,
-           unrealized_pnl = coalesce(p_unrealized,
-                                     pm.unrealized(st, p_pos.mode, coalesce(p_price, p_pos.current_price), p_pos.unrealized_pnl)),
-           version = version + 1,
-           last_updated = pm.now_utc()
-     WHERE id = p_pos.id;
+    -- one statement: the row update and its audit/outbox row (PL/pgSQL: the plan is prepared once
+    -- per session). The outbox keeps the position as an image; pm.outbox_body renders it on read.
+    WITH changed AS (
+        UPDATE public.positions p
+           SET size = st.size,
+               average_entry_price = st.avg_price,
+               long_size = st.long_size, long_avg_price = st.long_avg,
+               short_size = st.short_size, short_avg_price = st.short_avg,
+               realized_pnl = st.realized,
+               opened_at = st.opened_at AT TIME ZONE 'UTC',
+               closed_at = st.closed_at AT TIME ZONE 'UTC',
+               current_price = coalesce(p_price, p_pos.current_price),
+               price_updated_at = CASE WHEN p_price IS NULL THEN p_pos.price_updated_at ELSE coalesce(p_price_at, pm.now_utc()) END,
+               unrealized_pnl = coalesce(p_unrealized,
+                                         pm.unrealized(st, p_pos.mode, coalesce(p_price, p_pos.current_price), p_pos.unrealized_pnl)),
+               version = p.version + 1,
+               last_updated = pm.now_utc()
+         WHERE p.id = p_pos.id
+        RETURNING pm.image_of(p) AS i
+    )
+    INSERT INTO pm.outbox (event_type, position_id, asset, mode, version, source, action, actor, trace_id, detail, image)
+    SELECT 'position_updated', (c.i).id, (c.i).asset, (c.i).mode, (c.i).version, p_source, p_action, p_actor, p_trace,
+           p_detail, c.i
+      FROM changed c
+    RETURNING (image).* INTO img;
+    RETURN img;
 END
 $$;
-COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, numeric, timestamp, numeric) IS
-    'pm.write_state(locked row, state, price?, price time?, unrealized?) : stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated. Caller holds the row lock.';
+COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, text, text, text, text, jsonb, numeric, timestamp, numeric) IS
+    'pm.write_state(locked row, state, source, action, trace, actor?, detail?, price?, price time?, unrealized?) -> the position image after the change. Stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated, and appends the audit row / position_updated outbox event (pm.outbox, same statement). source: order_execution|exchange|validation|manual. Every change of a position goes through here. Caller holds the row lock.';
 
 CREATE OR REPLACE FUNCTION pm.with_state(p_pos public.positions, st pm.pos_state) RETURNS public.positions
 LANGUAGE plpgsql IMMUTABLE AS $$
@@ -459,31 +498,6 @@ END
 $$;
 COMMENT ON FUNCTION pm.with_state(public.positions, pm.pos_state) IS
     'pm.with_state(positions row, state) -> the same row (in memory) carrying the state''s size, averages, realized PnL and holding times. Pure; writes nothing.';
-
-CREATE OR REPLACE FUNCTION pm.record_change(p_position_id uuid, p_source text, p_action text, p_trace text,
-                                            p_actor text DEFAULT NULL, p_detail jsonb DEFAULT NULL)
-RETURNS jsonb
-LANGUAGE plpgsql AS $$
-DECLARE
-    j jsonb;
-    eid uuid := gen_random_uuid();
-BEGIN
-    -- position_size_norm depends on every position's exposure: it is filled in by pm.outbox_claim
-    -- when the event is published, not computed on every write
-    SELECT pm.position_json(v, false) INTO j FROM pm.v_positions v WHERE v.id = p_position_id;
-    -- the stored payload is the message body as published (the audit row is self-contained);
-    -- pm.outbox_claim only adds position_size_norm
-    INSERT INTO pm.outbox (event_id, event_type, position_id, asset, mode, version, source, action, actor, trace_id,
-                           detail, payload)
-    VALUES (eid, 'position_updated', p_position_id, j ->> 'asset', j ->> 'mode', (j ->> 'version')::integer,
-            p_source, p_action, p_actor, p_trace, p_detail,
-            j || jsonb_build_object('event_id', eid, 'event_type', 'position_updated', 'update_source', p_source,
-                                    'trace_id', p_trace, 'timestamp', pm.iso(clock_timestamp())));
-    RETURN j;
-END
-$$;
-COMMENT ON FUNCTION pm.record_change(uuid, text, text, text, text, jsonb) IS
-    'pm.record_change(position id, source, action, trace, actor, detail) -> Position jsonb: appends the audit row and the position_updated outbox event (one row of pm.outbox) in the caller''s transaction. source: order_execution|exchange|validation|manual.';
 
 CREATE OR REPLACE FUNCTION pm.bump(p_name text, p_by bigint DEFAULT 1) RETURNS void
 LANGUAGE sql AS $$
@@ -506,10 +520,18 @@ DECLARE
     r pm.executions;
     v_label text := p_pos.asset || '/' || p_pos.mode;
     v_late boolean;
+    v_dup boolean;
 BEGIN
-    SELECT x.exec_time, x.seq, x.exec_key INTO l_time, l_seq, l_key
-      FROM pm.executions x WHERE x.position_id = p_pos.id
-     ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1;
+    -- one statement: the newest row of this position's ledger, and whether the key was applied
+    -- before (to any position). Read after the row lock, so a writer that held it is visible.
+    SELECT n.exec_time, n.seq, n.exec_key, EXISTS (SELECT 1 FROM pm.executions d WHERE d.exec_key = e.exec_key)
+      INTO l_time, l_seq, l_key, v_dup
+      FROM (VALUES (1)) one
+      LEFT JOIN LATERAL (SELECT x.exec_time, x.seq, x.exec_key FROM pm.executions x WHERE x.position_id = p_pos.id
+                          ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1) n ON true;
+    IF v_dup THEN
+        RETURN NULL;
+    END IF;
 
     IF l_key IS NULL THEN
         st := pm.state_of(p_pos);
@@ -534,10 +556,16 @@ BEGIN
                                 pm.zero_state(p_pos.mode)),
                       p_pos.mode, e, v_label);
     END IF;
+    -- a second delivery racing this one for another position (same key) waits here for it to
+    -- commit or abort, then inserts nothing
     INSERT INTO pm.executions (position_id, exec_key, kind, source, leg, side, qty, price, fee, exec_time, seq,
                                order_id, exec_type, target, state_after, trace_id, event_id)
     VALUES (p_pos.id, e.exec_key, e.kind, e.source, e.leg, e.side, e.qty, e.price, e.fee, e.exec_time, e.seq,
-            e.order_id, e.exec_type, e.target, st, e.trace_id, e.event_id);
+            e.order_id, e.exec_type, e.target, st, e.trace_id, e.event_id)
+    ON CONFLICT (exec_key) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
     IF v_late THEN
         -- re-fold every row after it
         FOR r IN SELECT * FROM pm.executions x
@@ -552,7 +580,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.ledger_insert(public.positions, pm.executions) IS
-    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Appends the row in (exec_time, seq, exec_key) order; a row older than the newest re-folds only the rows after it, so the result depends on the set of rows, not on delivery order. A position with state but no ledger gets an opening balance first. Caller holds the row lock; raises 22023 from pm.step; unique violation 23505 if exec_key exists.';
+    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Appends the row in (exec_time, seq, exec_key) order; a row older than the newest re-folds only the rows after it, so the result depends on the set of rows, not on delivery order. A position with state but no ledger gets an opening balance first. Returns NULL and writes nothing when exec_key is in the ledger already: the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
 
 CREATE OR REPLACE FUNCTION pm.fold_ledger(p_position_id uuid) RETURNS pm.pos_state
 LANGUAGE plpgsql STABLE AS $$
@@ -611,9 +639,8 @@ BEGIN
     IF st IS NOT DISTINCT FROM pm.state_of(pos) THEN
         RETURN jsonb_build_object('status', 'unchanged', 'position', pm.get_position(pos.asset, pos.mode));
     END IF;
-    PERFORM pm.write_state(pos, st);
     RETURN jsonb_build_object('status', 'applied',
-                              'position', pm.record_change(pos.id, 'validation', 'recompute', p_trace));
+                              'position', pm.image_json(pm.write_state(pos, st, 'validation', 'recompute', p_trace)));
 END
 $$;
 COMMENT ON FUNCTION pm.recompute_position(uuid, text) IS
@@ -630,19 +657,19 @@ DECLARE
     st pm.pos_state;
 BEGIN
     pos := pm.lock_position(p_asset, p_mode);
-    IF EXISTS (SELECT 1 FROM pm.executions WHERE exec_key = e.exec_key) THEN
+    st := pm.ledger_insert(pos, e);
+    IF st IS NULL THEN
         RETURN jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || e.exec_key || ' was applied before');
     END IF;
-    st := pm.ledger_insert(pos, e);
-    PERFORM pm.write_state(pos, st);
     RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key,
-        'position', pm.record_change(pos.id, e.source, e.kind, e.trace_id, NULL,
-                                     jsonb_build_object('exec_key', e.exec_key, 'side', e.side, 'qty', pm.dec(e.qty),
-                                                        'price', pm.dec(e.price), 'fee', pm.dec(e.fee))));
+        'position', pm.position_ref(pm.write_state(pos, st, e.source, e.kind, e.trace_id, NULL,
+                                                   jsonb_build_object('exec_key', e.exec_key, 'side', e.side,
+                                                                      'qty', pm.dec(e.qty), 'price', pm.dec(e.price),
+                                                                      'fee', pm.dec(e.fee)))));
 END
 $$;
 COMMENT ON FUNCTION pm.apply_execution(text, text, pm.executions) IS
-    'pm.apply_execution(asset, mode, ledger row) -> {"status": applied|duplicate, "position"?}: locks (or creates) the position, applies the row once (key exec_key), writes the position and records the change. Raises 22023 on a hedge leg reduced below zero.';
+    'pm.apply_execution(asset, mode, ledger row) -> {"status": applied|duplicate, "execution", "position"?: {id, asset, mode, version}}: locks (or creates) the position, applies the row once (key exec_key), writes the position and records the change. Raises 22023 on a hedge leg reduced below zero.';
 
 CREATE OR REPLACE FUNCTION pm.new_execution(p_kind text, p_source text, p_leg smallint, p_side text, p_qty numeric,
                                             p_price numeric, p_fee numeric, p_time timestamptz, p_seq bigint,
@@ -715,8 +742,8 @@ $$;
 COMMENT ON FUNCTION pm.parse_bybit_execution(jsonb, text, text, text) IS
     'pm.parse_bybit_execution(record, path, trace, event id) -> pm.exec_request for one Bybit execution record (shape C): Trade/BustTrade/AdlTrade/Delivery become trade rows, Funding a funding row (realized PnL only), other execTypes and non-linear categories status ignored. Key: execId. Writes nothing; raises 22023 naming the field.';
 
--- Shape A: our per-execution event
-CREATE OR REPLACE FUNCTION pm.parse_execution_event(p_ev jsonb) RETURNS pm.exec_request
+-- Shape A: our per-execution event, field by field (every check names its field)
+CREATE OR REPLACE FUNCTION pm.parse_execution_event_checked(p_ev jsonb) RETURNS pm.exec_request
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     leg smallint;
@@ -737,8 +764,59 @@ BEGIN
             pm.j_text(p_ev, 'trace_id', 'trace_id'), pm.j_text(p_ev, 'event_id', 'event_id')))::pm.exec_request;
 END
 $$;
+COMMENT ON FUNCTION pm.parse_execution_event_checked(jsonb) IS
+    'pm.parse_execution_event_checked(event) -> pm.exec_request for order event shape A, each field parsed and checked on its own (22023 naming the field). pm.parse_execution_event gives the same result, faster for the plain form. Writes nothing.';
+
+-- Shape A: the same, with a fast path for the plain form that every producer sends
+CREATE OR REPLACE FUNCTION pm.parse_execution_event(p_ev jsonb) RETURNS pm.exec_request
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    leg smallint;
+    v_asset text := p_ev ->> 'asset';
+    v_side text := lower(p_ev ->> 'side');
+    v_qty text := p_ev ->> 'execution_quantity';
+    v_price text := p_ev ->> 'execution_price';
+    v_fee text := p_ev ->> 'execution_fees';
+    v_time text := p_ev ->> 'executed_at';
+    v_id text := p_ev ->> 'execution_id';
+    v_order text := p_ev ->> 'order_id';
+    v_trace text := p_ev ->> 'trace_id';
+    v_event text := p_ev ->> 'event_id';
+    v_mode text := p_ev ->> 'mode';
+    v_idx text := p_ev ->> 'position_idx';
+BEGIN
+    -- Fast path: the plain form every producer sends (upper/lower-case symbol and side, decimals
+    -- without sign or exponent, ISO time with zone, ids without surrounding blanks). It accepts
+    -- nothing the field-by-field parse would reject and yields the same values; anything
+    -- else (unusual but valid, or invalid) goes to pm.parse_execution_event_checked, which names
+    -- the bad field. tests/sql/test_parse_fast_path.py holds the two to the same results.
+    leg := CASE WHEN v_idx IS NULL OR v_idx = '0' THEN CASE WHEN v_mode IS NULL OR v_mode = 'one-way' THEN 0 END
+                WHEN v_idx IN ('1', '2') THEN CASE WHEN v_mode IS NULL OR v_mode = 'hedge' THEN v_idx::smallint END END;
+    IF leg IS NOT NULL
+       AND v_asset ~ '^[A-Za-z0-9]{2,20}$' AND v_asset ~ '[A-Za-z]'
+       AND v_side IN ('buy', 'sell')
+       AND v_qty ~ '^[0-9]{1,12}(\.[0-9]*)?$' AND v_price ~ '^[0-9]{1,12}(\.[0-9]*)?$'
+       AND v_fee ~ '^-?[0-9]{1,12}(\.[0-9]*)?$'
+       -- days 29-31 and leap seconds take the checked parse: this cast cannot fail
+       AND v_time ~ '^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):?[0-5][0-9])$'
+       AND v_id ~ '^[^\s{\[](.*\S)?$'
+       AND (v_order IS NULL OR v_order ~ '^[^\s{\[](.*\S)?$')
+       AND (v_trace IS NULL OR v_trace ~ '^[^\s{\[](.*\S)?$')
+       AND (v_event IS NULL OR v_event ~ '^[^\s{\[](.*\S)?$')
+    THEN
+        -- (the casts only once every pattern matched: SQL does not promise an order within AND)
+        IF v_qty::numeric > 0 AND v_price::numeric > 0 THEN
+            RETURN ROW(upper(v_asset), CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END, 'trade', NULL,
+                pm.new_execution('trade', 'order_execution', leg, CASE v_side WHEN 'buy' THEN 'Buy' ELSE 'Sell' END,
+                                 v_qty::numeric, v_price::numeric, v_fee::numeric, v_time::timestamptz, NULL,
+                                 v_id, v_order, 'Trade', v_trace, v_event))::pm.exec_request;
+        END IF;
+    END IF;
+    RETURN pm.parse_execution_event_checked(p_ev);
+END
+$$;
 COMMENT ON FUNCTION pm.parse_execution_event(jsonb) IS
-    'pm.parse_execution_event(event) -> pm.exec_request for order event shape A (one execution; key execution_id). Writes nothing; raises 22023 naming the field.';
+    'pm.parse_execution_event(event) -> pm.exec_request for order event shape A (one execution; key execution_id): the plain form (symbol and side in any case, unsigned decimals, ISO time with zone) is checked by patterns in one step, anything else by pm.parse_execution_event_checked, with the same results. Writes nothing; raises 22023 naming the field.';
 
 -- Shape B: order-manager's order event with cumulative figures
 CREATE OR REPLACE FUNCTION pm.apply_order_progress_event(p_ev jsonb) RETURNS jsonb
@@ -818,11 +896,14 @@ BEGIN
                           NULL, 'order:' || v_order_id || ':' || trim_scale(cum_q)::text, v_order_id, ev_type, trace,
                           pm.j_text(p_ev, 'event_id', 'event_id'));
     st := pm.ledger_insert(pos, e);
-    PERFORM pm.write_state(pos, st);
+    IF st IS NULL THEN
+        RETURN jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || e.exec_key || ' was applied before');
+    END IF;
     RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key,
-        'position', pm.record_change(pos.id, 'order_execution', 'trade', trace, NULL,
-                                     jsonb_build_object('exec_key', e.exec_key, 'side', side, 'qty', pm.dec(dq),
-                                                        'price', pm.dec(price), 'fee', pm.dec(e.fee))));
+        'position', pm.position_ref(pm.write_state(pos, st, 'order_execution', 'trade', trace, NULL,
+                                                   jsonb_build_object('exec_key', e.exec_key, 'side', side,
+                                                                      'qty', pm.dec(dq), 'price', pm.dec(price),
+                                                                      'fee', pm.dec(e.fee)))));
 END
 $$;
 COMMENT ON FUNCTION pm.apply_order_progress_event(jsonb) IS
@@ -896,6 +977,11 @@ DECLARE
     res jsonb;
     results jsonb := '[]'::jsonb;
 BEGIN
+    IF jsonb_typeof(p_event) = 'object' AND p_event ? 'execution_id' THEN
+        -- shape A (one execution), the common case: no request array, no combined result
+        r := pm.parse_execution_event(p_event);
+        RETURN pm.apply_execution(r.asset, r.mode, r.e);
+    END IF;
     reqs := pm.parse_order_event(p_event);   -- the whole message is valid before any write
     FOREACH r IN ARRAY reqs LOOP
         res := CASE r.status

@@ -68,11 +68,11 @@ BEGIN
         INSERT INTO pm.exchange_state (position_id, leg, updated_time, seq, size, avg_price, mark_price,
                                        unrealized_pnl, realized_pnl)
         VALUES (pos.id, p_leg, p_time, coalesce(p_seq, -1), p_size, p_avg, p_mark, p_unrealized, p_realized);
-        PERFORM pm.write_state(pos, st, CASE WHEN p_mark > 0 THEN p_mark END, v_at,
-                               CASE WHEN p_leg = 0 THEN p_unrealized END);
         RETURN jsonb_build_object('status', 'applied', 'reason', 'created from the exchange report',
-            'position', pm.record_change(pos.id, 'exchange', 'created', p_trace, NULL,
-                                         jsonb_build_object('leg', p_leg, 'size', pm.dec(p_size))));
+            'position', pm.image_json(pm.write_state(pos, st, 'exchange', 'created', p_trace, NULL,
+                                                     jsonb_build_object('leg', p_leg, 'size', pm.dec(p_size)),
+                                                     CASE WHEN p_mark > 0 THEN p_mark END, v_at,
+                                                     CASE WHEN p_leg = 0 THEN p_unrealized END)));
     END IF;
 
     SELECT * INTO es FROM pm.exchange_state WHERE position_id = pos.id AND leg = p_leg;
@@ -128,11 +128,12 @@ BEGIN
                || CASE WHEN discrepancy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('discrepancy', discrepancy) END;
     END IF;
 
-    PERFORM pm.write_state(pos, st, CASE WHEN p_mark > 0 THEN round(p_mark, 8) END, v_at, new_unrealized);
     RETURN jsonb_build_object('status', 'applied',
-        'position', pm.record_change(pos.id, 'exchange', CASE WHEN adopt_avg THEN 'avg_price' ELSE 'price' END, p_trace, NULL,
-                                     jsonb_build_object('leg', p_leg, 'mark_price', pm.dec(p_mark),
-                                                        'avg_price', pm.dec(p_avg), 'size', pm.dec(p_size))))
+        'position', pm.image_json(pm.write_state(pos, st, 'exchange', CASE WHEN adopt_avg THEN 'avg_price' ELSE 'price' END,
+                                                 p_trace, NULL,
+                                                 jsonb_build_object('leg', p_leg, 'mark_price', pm.dec(p_mark),
+                                                                    'avg_price', pm.dec(p_avg), 'size', pm.dec(p_size)),
+                                                 CASE WHEN p_mark > 0 THEN round(p_mark, 8) END, v_at, new_unrealized)))
            || CASE WHEN discrepancy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('discrepancy', discrepancy) END;
 END
 $$;
@@ -290,7 +291,6 @@ DECLARE
     k text;
     price numeric;
     pos public.positions;
-    st pm.pos_state;
     updated integer := 0;
     unchanged integer := 0;
     unknown jsonb := '[]'::jsonb;
@@ -322,14 +322,9 @@ BEGIN
                 unchanged := unchanged + 1;
                 CONTINUE;
             END IF;
-            st := pm.state_of(pos);
-            UPDATE public.positions
-               SET current_price = price, price_updated_at = pm.now_utc(),
-                   unrealized_pnl = pm.unrealized(st, pos.mode, price, pos.unrealized_pnl),
-                   version = version + 1, last_updated = pm.now_utc()
-             WHERE id = pos.id;
-            PERFORM pm.record_change(pos.id, p_source, 'price', p_trace, p_actor,
-                                     jsonb_build_object('price', pm.dec(price), 'previous', pm.dec(pos.current_price)));
+            PERFORM pm.write_state(pos, pm.state_of(pos), p_source, 'price', p_trace, p_actor,
+                                   jsonb_build_object('price', pm.dec(price), 'previous', pm.dec(pos.current_price)),
+                                   price);
             updated := updated + 1;
         END LOOP;
     END LOOP;

@@ -287,8 +287,8 @@ BEGIN
                               9223372036854775807, 'validation:' || gen_random_uuid(), NULL, 'Correction', p_trace, NULL);
         e.target := target;
         st := pm.ledger_insert(pos, e);
-        PERFORM pm.write_state(pos, st);
-        updated := pm.record_change(pos.id, 'validation', 'fix', p_trace, p_actor, jsonb_build_object('discrepancies', v_found));
+        updated := pm.image_json(pm.write_state(pos, st, 'validation', 'fix', p_trace, p_actor,
+                                                jsonb_build_object('discrepancies', v_found)));
         PERFORM pm.bump('validation_fixes');
     END IF;
 
@@ -366,11 +366,22 @@ COMMENT ON PROCEDURE pm.validate_positions(boolean, text, jsonb) IS
 -- Outbox relay (SPEC §4.2)
 ------------------------------------------------------------------------------------------------
 
+CREATE OR REPLACE FUNCTION pm.outbox_body(o pm.outbox) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(o.payload,
+                    pm.position_json(pm.image_position(o.image, o.created_at AT TIME ZONE 'UTC'), false)
+                    || jsonb_build_object('event_type', o.event_type, 'update_source', o.source, 'trace_id', o.trace_id,
+                                          'timestamp', pm.iso(o.created_at)))
+           || jsonb_build_object('event_id', o.event_id)
+$$;
+COMMENT ON FUNCTION pm.outbox_body(pm.outbox) IS
+    'pm.outbox_body(outbox row) -> the message body of the event (position_size_norm aside): the stored payload, or for a change stored as an image (pm.write_state) the Position as it was after the change (time_held_minutes and price_is_stale as of created_at, the time of the change) with event_type, update_source, trace_id and timestamp; event_id always from the row. Read only.';
+
 CREATE OR REPLACE FUNCTION pm.outbox_claim(p_limit integer)
 RETURNS TABLE (id bigint, event_id uuid, event_type text, trace_id text, payload jsonb)
 LANGUAGE sql AS $$
     WITH claimed AS (
-        SELECT o.id, o.event_id, o.event_type, o.trace_id, o.source, o.created_at, o.payload
+        SELECT o.id, o.event_id, o.event_type, o.trace_id, pm.outbox_body(o) AS body
           FROM pm.outbox o
          WHERE o.published_at IS NULL
          ORDER BY o.id
@@ -380,17 +391,16 @@ LANGUAGE sql AS $$
         SELECT nullif(sum(v.exposure_usdt), 0) AS exposure FROM pm.v_positions v WHERE v.exposure_usdt IS NOT NULL
     )
     SELECT c.id, c.event_id, c.event_type, c.trace_id,
-           c.payload
-           || jsonb_build_object('event_id', c.event_id)
+           c.body
            || CASE WHEN c.event_type = 'position_updated'
                    THEN jsonb_build_object('position_size_norm',
-                                           pm.dec(round((c.payload ->> 'exposure_usdt')::numeric / t.exposure, 8)))
+                                           pm.dec(round((c.body ->> 'exposure_usdt')::numeric / t.exposure, 8)))
                    ELSE '{}'::jsonb END
       FROM claimed c CROSS JOIN total t
      ORDER BY c.id
 $$;
 COMMENT ON FUNCTION pm.outbox_claim(integer) IS
-    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish: the stored payload (already carrying event_type, trace_id, timestamp) plus event_id, and for position_updated the position_size_norm against the portfolio total at publish time, locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
+    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish (pm.outbox_body; for position_updated plus position_size_norm against the portfolio total at publish time), locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
 
 CREATE OR REPLACE FUNCTION pm.outbox_mark_published(p_ids bigint[]) RETURNS integer
 LANGUAGE plpgsql AS $$

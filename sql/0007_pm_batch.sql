@@ -2,14 +2,12 @@
 -- Plain SQL, safe to run twice.
 
 CREATE OR REPLACE FUNCTION pm.finish_batch_group(p_pos public.positions, p_keys jsonb, p_trace text) RETURNS jsonb
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pm.write_state(p_pos, pm.state_of(p_pos));
-    RETURN pm.record_change(p_pos.id, 'order_execution', 'trade', p_trace, NULL, jsonb_build_object('executions', p_keys));
-END
+LANGUAGE sql AS $$
+    SELECT pm.position_ref(pm.write_state(p_pos, pm.state_of(p_pos), 'order_execution', 'trade', p_trace, NULL,
+                                          jsonb_build_object('executions', p_keys)))
 $$;
 COMMENT ON FUNCTION pm.finish_batch_group(public.positions, jsonb, text) IS
-    'pm.finish_batch_group(locked row carrying its new state, execution keys, trace) -> Position jsonb: writes the state once (version + 1) and records one change listing the executions. Used by pm.apply_batch.';
+    'pm.finish_batch_group(locked row carrying its new state, execution keys, trace) -> {"id", "asset", "mode", "version"} of the position: writes the state once (version + 1) and records one change listing the executions. Used by pm.apply_batch.';
 
 CREATE OR REPLACE FUNCTION pm.apply_batch(p_kind text, p_events jsonb, p_isolate boolean DEFAULT true)
 RETURNS jsonb
@@ -25,6 +23,7 @@ DECLARE
     i integer;
     one_req pm.exec_request[];
     pos public.positions;
+    new_state pm.pos_state;
     group_idxs integer[] := '{}';
     group_keys jsonb := '[]'::jsonb;
     group_trace text;
@@ -87,11 +86,12 @@ BEGIN
             pos := pm.lock_position(x.asset, x.mode);
             group_idxs := '{}'; group_keys := '[]'::jsonb;
         END IF;
-        IF EXISTS (SELECT 1 FROM pm.executions WHERE exec_key = (x.e).exec_key) THEN
+        new_state := pm.ledger_insert(pos, x.e);
+        IF new_state IS NULL THEN
             results[x.i] := jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || (x.e).exec_key || ' was applied before');
             CONTINUE;
         END IF;
-        pos := pm.with_state(pos, pm.ledger_insert(pos, x.e));
+        pos := pm.with_state(pos, new_state);
         group_idxs := group_idxs || x.i;
         group_keys := group_keys || to_jsonb((x.e).exec_key);
         group_trace := (x.e).trace_id;

@@ -157,13 +157,14 @@ BEGIN
     ON CONFLICT (position_id) DO UPDATE
        SET stop_loss = excluded.stop_loss, take_profit = excluded.take_profit, strategy = excluded.strategy,
            notes = excluded.notes, updated_at = excluded.updated_at, updated_by = excluded.updated_by;
-    UPDATE public.positions SET version = version + 1, last_updated = pm.now_utc() WHERE id = pos.id;
-    PERFORM pm.record_change(pos.id, 'manual', 'metadata', p_trace, p_actor, jsonb_build_object('changes', changes));
+    -- the position's figures stay as they are (unrealized PnL too: it may be the exchange's)
+    PERFORM pm.write_state(pos, pm.state_of(pos), 'manual', 'metadata', p_trace, p_actor,
+                           jsonb_build_object('changes', changes), NULL, NULL, pos.unrealized_pnl);
     RETURN jsonb_build_object('status', 'applied', 'position', pm.get_position_ext(pos.asset, pos.mode));
 END
 $$;
 COMMENT ON FUNCTION pm.update_position_meta(text, text, jsonb, integer, text, text) IS
-    'pm.update_position_meta(asset, mode, patch {stop_loss?, take_profit?, strategy?, notes?}, expected version or NULL, trace, actor) -> {"status": applied|unchanged, "position": Position + metadata}. JSON merge patch: absent keys are kept, null clears. stop_loss/take_profit decimals > 0 (8 decimals), strategy <= 64 chars, notes <= 2000 chars. A real change bumps version, sets last_updated and is audited via pm.record_change(source manual, action metadata, actor, detail {"changes": {field: {from, to}}}) which also emits position_updated; the same values again change nothing. Locks the position row. Errors: 22023 naming the field (nothing written), P0002 absent, PM412 version mismatch (DETAIL = current version).';
+    'pm.update_position_meta(asset, mode, patch {stop_loss?, take_profit?, strategy?, notes?}, expected version or NULL, trace, actor) -> {"status": applied|unchanged, "position": Position + metadata}. JSON merge patch: absent keys are kept, null clears. stop_loss/take_profit decimals > 0 (8 decimals), strategy <= 64 chars, notes <= 2000 chars. A real change bumps version, sets last_updated and is audited via pm.write_state (source manual, action metadata, actor, detail {"changes": {field: {from, to}}}), which also emits position_updated; the same values again change nothing. Locks the position row. Errors: 22023 naming the field (nothing written), P0002 absent, PM412 version mismatch (DETAIL = current version).';
 
 -- pm.close_position(asset, mode, exit price, expected version, trace, actor)
 -- Closes the whole position (both legs in hedge mode) with manual executions in the ledger.
@@ -225,10 +226,9 @@ BEGIN
         legs := legs || jsonb_build_object('exec_key', e.exec_key, 'leg', e.leg, 'side', e.side,
                                            'qty', pm.dec(e.qty), 'price', pm.dec(e.price), 'exec_time', pm.iso(e.exec_time));
     END LOOP;
-    PERFORM pm.write_state(pos, st);
-    PERFORM pm.record_change(pos.id, 'manual', 'close', p_trace, p_actor,
-                             jsonb_build_object('exit_price', pm.dec(price), 'executions', legs,
-                                                'realized_pnl', pm.dec(st.realized - realized_before)));
+    PERFORM pm.write_state(pos, st, 'manual', 'close', p_trace, p_actor,
+                           jsonb_build_object('exit_price', pm.dec(price), 'executions', legs,
+                                              'realized_pnl', pm.dec(st.realized - realized_before)));
     RETURN jsonb_build_object('status', 'closed', 'exit_price', pm.dec(price),
                               'realized_pnl', pm.dec(st.realized - realized_before),
                               'executions', legs, 'position', pm.get_position_ext(pos.asset, pos.mode));

@@ -29,7 +29,7 @@ BEGIN
     -- one row more than asked tells whether another page exists; the index outbox_position_history
     -- (position_id, id) serves the order without a sort
     WITH page AS (
-        SELECT o.* FROM pm.outbox o
+        SELECT o.*, pm.outbox_body(o) AS body FROM pm.outbox o
          WHERE o.position_id = v_id AND o.event_type = 'position_updated'
          ORDER BY o.id DESC
          LIMIT p_limit + 1 OFFSET p_offset
@@ -37,7 +37,7 @@ BEGIN
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'id', o.id, 'event_id', o.event_id, 'version', o.version, 'source', o.source, 'action', o.action,
                'actor', o.actor, 'trace_id', o.trace_id, 'created_at', pm.iso(o.created_at), 'detail', o.detail,
-               'position', o.payload - 'event_id' - 'event_type' - 'update_source' - 'trace_id' - 'timestamp')
+               'position', o.body - 'event_id' - 'event_type' - 'update_source' - 'trace_id' - 'timestamp')
                ORDER BY o.id DESC) FILTER (WHERE o.rn <= p_limit), '[]'::jsonb),
            count(*) > p_limit
       INTO v_items, v_more
@@ -155,7 +155,8 @@ BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
         PERFORM pm.bad_input('limit', format('must be between 1 and 10000, got %s', coalesce(p_limit::text, 'nothing')));
     END IF;
-    FOR r IN SELECT o.id, o.event_type, o.payload FROM pm.outbox o WHERE o.id > p_after ORDER BY o.id LIMIT p_limit LOOP
+    FOR r IN SELECT o.id, o.event_type, CASE WHEN o.event_type = 'position_updated' THEN pm.outbox_body(o) END AS payload
+               FROM pm.outbox o WHERE o.id > p_after ORDER BY o.id LIMIT p_limit LOOP
         IF r.id > v_cursor + 1 AND NOT (v_resolved AND r.id <= v_hold_id) THEN
             IF v_hold_id IS NULL OR v_resolved THEN
                 -- a new gap: hold at the newest visible id, then take the snapshot

@@ -26,7 +26,11 @@ def fill(db, asset: str, side: str, qty: str, price: str, *, at: str = "2025-01-
         event["trace_id"] = trace
     (result,) = db.execute(q("apply_order_event"), {"event": json.dumps(event)}).fetchone()
     assert result["status"] == "applied", result
-    return result["position"]
+    # the result names the position and its new version; the Position is read like the API does
+    ref = result["position"]
+    (position,) = db.execute("SELECT pm.get_position(%s, %s)", (ref["asset"], ref["mode"])).fetchone()
+    assert position["version"] == ref["version"], (position, ref)
+    return position
 
 
 def set_prices(db, prices: dict[str, str]) -> dict:

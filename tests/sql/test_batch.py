@@ -73,11 +73,12 @@ def test_each_position_is_written_once_per_batch(db):
         "SELECT version, size, average_entry_price, realized_pnl FROM positions WHERE asset = 'AAAUSDT'").fetchone()
     assert (version, size, avg) == (1, 1, 101)
     assert realized == D("9") - D("0.03")
-    rows = db.execute("SELECT detail, payload FROM pm.outbox WHERE asset = 'AAAUSDT'").fetchall()
+    rows = db.execute("SELECT o.detail, pm.outbox_body(o) FROM pm.outbox o WHERE o.asset = 'AAAUSDT'").fetchall()
     assert len(rows) == 1
     assert rows[0][0]["executions"] == ["a1", "a2", "a3"]
     assert rows[0][1]["version"] == 1 and rows[0][1]["size"] == "1"
-    assert results[0]["position"]["version"] == 1
+    assert [r["position"]["version"] for r in results] == [1, 1, 1, 1]
+    assert {r["position"]["asset"] for r in results} == {"AAAUSDT", "BBBUSDT"}
 
 
 def test_not_isolated_invalid_body_raises_and_writes_nothing(db):

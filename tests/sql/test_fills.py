@@ -79,7 +79,9 @@ def test_open_creates_position_at_fill_time(db):
     assert row["opened_at"] == at_naive(5)
     assert row["closed_at"] is None
     assert row["created_at"] is not None
-    assert res["position"]["size"] == "2" and res["position"]["side"] == "long"
+    # the result names the position and its new version; the Position itself is pm.get_position
+    assert res["position"] == {"id": str(row["id"]), "asset": "BTCUSDT", "mode": "one-way", "version": 1}
+    assert res["execution"] == "o1"
 
 
 def test_open_short(db):
@@ -467,6 +469,25 @@ def test_every_applied_change_adds_one_outbox_row_with_full_payload(db):
     assert messages(db)[0]["payload"]["trace_id"] == "tr-p1"
     assert messages(db)[1]["payload"]["trace_id"] == "tr-ob1"
     assert len({r["event_id"] for r in outbox_rows(db)}) == len(events)
+
+
+def test_redelivered_close_of_a_hedge_leg_is_duplicate_not_invalid(db):
+    """Applying the newest execution again would take the leg below zero: the key is checked first."""
+    apply_order(db, hedge_a("h1", 1, "Buy", 2, 100, "0", 0))
+    apply_order(db, hedge_a("h2", 1, "Sell", 2, 110, "0", 1))
+    before = counts(db)
+    assert apply_order(db, hedge_a("h2", 1, "Sell", 2, 110, "0", 1))["status"] == "duplicate"
+    assert apply_order(db, hedge_a("h1", 1, "Buy", 2, 100, "0", 0))["status"] == "duplicate"   # late and known
+    assert counts(db) == before
+
+
+def test_same_execution_id_for_another_asset_is_duplicate(db):
+    """The execution id is the identity, whatever position a second delivery names."""
+    apply_order(db, exec_a("x1", "Buy", 2, 100, "0", 0))
+    before = counts(db)
+    res = apply_order(db, exec_a("x1", "Sell", 5, 100, "0", 0, asset="ETHUSDT"))
+    assert res["status"] == "duplicate"
+    assert counts(db)["pm.executions"] == before["pm.executions"] and len(outbox_rows(db)) == before["pm.outbox"]
 
 
 def test_no_outbox_row_for_duplicate_or_ignored(db):

@@ -118,3 +118,26 @@ def test_stale_price_flag(db):
     assert db.execute("SELECT array_agg(a) FROM pm.stale_price_assets() a").fetchone()[0] == ["BTCUSDT"]
     db.execute("SET pm.price_staleness_threshold = '600'")
     assert view_row(db, "BTCUSDT")["price_is_stale"] is False
+
+
+def test_outbox_image_renders_like_the_view(db):
+    """A change is kept in pm.outbox as an image and rendered on read: at the same instant the
+    rendering equals the view's Position for every kind of position (open, short, hedged, closed,
+    without price), and the stored image is the row as written."""
+    book(db)
+    apply_order(db, exec_a("b2", "Buy", 1, 120, "0", 5, asset="BTCUSDT"))
+    rows = db.execute("""
+        SELECT v.asset, pm.position_json(v, false),
+               pm.position_json(pm.image_position(pm.image_of(p), pm.now_utc()), false),
+               (SELECT pm.outbox_body(o) FROM pm.outbox o WHERE o.position_id = p.id ORDER BY o.id DESC LIMIT 1),
+               (SELECT o.image = pm.image_of(p) FROM pm.outbox o WHERE o.position_id = p.id ORDER BY o.id DESC LIMIT 1)
+          FROM pm.v_positions v JOIN public.positions p ON p.id = v.id ORDER BY v.asset""").fetchall()
+    assert [r[0] for r in rows] == ["ADAUSDT", "BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    for asset, from_view, from_image, body, image_is_row in rows:
+        assert from_image == from_view, asset
+        assert image_is_row, asset
+        # the published body: the same Position (time-dependent fields as of the change) + event fields
+        event_fields = {"event_id", "event_type", "update_source", "trace_id", "timestamp"}
+        assert set(body) == set(from_view) | event_fields, asset
+        for key in set(from_view) - {"time_held_minutes", "price_is_stale"}:
+            assert body[key] == from_view[key], (asset, key)
