@@ -7,8 +7,9 @@ Measured in one run, on a fresh database migrated from sql/:
   * pm.apply_order_event committing every k executions (k = 1 and k = 100), plain calls and
     psycopg pipeline mode (no round trip wait per call), and for comparison pm.apply_batch with
     100 executions per call (the consumers' path: one write per position per batch);
-  * the same again after the ledger holds --ledger-rows executions (default one million), to show
-    that the cost of a fill does not grow with history.
+  * the same against a second database whose ledger holds --ledger-rows executions more (default
+    one million), to show that the cost of a fill does not grow with history. The two databases
+    take turns, run by run, so that a slow spell of the machine hits both alike.
 
     bench/sql_bench.py                 # full run, every figure the median of 3 (about 8 minutes)
     bench/sql_bench.py --n 5000 --ledger-rows 100000 --pgbench-seconds 5 --repeat 1   # quick look
@@ -106,8 +107,10 @@ def grow_ledger(conn: psycopg.Connection, rows: int) -> None:
     through the function would take minutes and measure the same thing)."""
     conn.execute("""
         INSERT INTO public.positions (asset, mode, size, realized_pnl, unrealized_pnl, version, created_at)
-        SELECT 'H' || lpad(g::text, 4, '0') || 'USDT', 'one-way', 0, 0, 0, 1, now()
-          FROM generate_series(1, 950) g ON CONFLICT DO NOTHING""")
+        SELECT a, 'one-way', 0, 0, 0, 1, now()
+          FROM (SELECT 'H' || lpad(g::text, 4, '0') || 'USDT' FROM generate_series(1, 950) g
+                UNION ALL SELECT unnest(%s::text[])) AS n(a)
+            ON CONFLICT DO NOTHING""", (ASSETS,))
     conn.execute("""
         INSERT INTO pm.executions (position_id, exec_key, kind, source, side, qty, price, fee, exec_time,
                                    state_after)
@@ -132,41 +135,47 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     settings = settings_mod.load()
-    dbname = f"pm_bench_sql_{os.getpid()}"
+    # two databases of the same cluster: one starts empty, the other holds the grown ledger; the
+    # measurements alternate between them, so that the machine's slow spells (checkpoints,
+    # autovacuum, neighbours) hit both sides alike
+    dbs = {"empty": f"pm_bench_sql_{os.getpid()}_empty", "1m": f"pm_bench_sql_{os.getpid()}_1m"}
     with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+        for dbname in dbs.values():
+            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    conns: dict[str, psycopg.Connection] = {}
     try:
-        migrate.apply(settings, dbname)
+        for dbname in dbs.values():
+            migrate.apply(settings, dbname)
         results: dict[str, float | None] = {}
         print(f"pgbench simple-update, 1 client, {args.repeat} x {args.pgbench_seconds}s ...", file=sys.stderr)
         runs_of: dict[str, list[float]] = {}
         runs_of["pgbench_simple_update_tps"] = [pgbench_tps(settings, args.pgbench_seconds) for _ in range(args.repeat)]
 
-        conn = psycopg.connect(**settings.conninfo(dbname))
+        conns = {phase: psycopg.connect(**settings.conninfo(dbname)) for phase, dbname in dbs.items()}
+        print(f"growing the ledger by {args.ledger_rows} rows ...", file=sys.stderr)
+        grow_ledger(conns["1m"], args.ledger_rows)
+        with psycopg.connect(**settings.conninfo(dbs["1m"]), autocommit=True) as c2:
+            c2.execute("VACUUM (ANALYZE) pm.executions")
+            c2.execute("VACUUM (ANALYZE) public.positions")
+            c2.execute("CHECKPOINT")   # the bulk insert's dirty pages: not billed to the next run
         t = datetime(2026, 1, 1, tzinfo=timezone.utc)
         runs = [("k1", 1, False), ("k100", 100, False), ("k100_pipeline", 100, True), ("k100_apply_batch", 100, "batch")]
         n_small = max(1, args.n // 10)   # k = 1 pays one fsync per execution: fewer of them
-        for phase in ("empty", "1m"):
-            if phase == "1m":
-                print(f"growing the ledger by {args.ledger_rows} rows ...", file=sys.stderr)
-                grow_ledger(conn, args.ledger_rows)
-                with psycopg.connect(**settings.conninfo(dbname), autocommit=True) as c2:
-                    c2.execute("VACUUM (ANALYZE) pm.executions")
-                    c2.execute("VACUUM (ANALYZE) public.positions")
-                    c2.execute("CHECKPOINT")   # the bulk insert's dirty pages: not billed to the next run
-            # the measurements take turns, so that a slow spell of the machine hits all of them
-            for rep in range(args.repeat):
-                for name, k, pipe in runs:
-                    n = n_small if k == 1 else args.n
+        for rep in range(args.repeat):
+            for name, k, pipe in runs:
+                n = n_small if k == 1 else args.n
+                for phase, conn in conns.items():
                     evs = list(executions(n, t, f"{phase}-{name}-{rep}"))
-                    t += timedelta(days=1)
-                    print(f"{phase} #{rep + 1}: k={k}{' pipeline' if pipe else ''}, {n} executions ...", file=sys.stderr)
+                    print(f"#{rep + 1} {phase}: {name}, {n} executions ...", file=sys.stderr)
                     runs_of.setdefault(f"{phase}_{name}_per_s", []).append(apply_rate(conn, evs, k, pipe))
-        results["ledger_rows_at_end"] = conn.execute("SELECT count(*) FROM pm.executions").fetchone()[0]
-        conn.close()
+                t += timedelta(days=1)
+        results["ledger_rows_at_end"] = conns["1m"].execute("SELECT count(*) FROM pm.executions").fetchone()[0]
     finally:
+        for conn in conns.values():
+            conn.close()
         with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+            for dbname in dbs.values():
+                c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
 
     for key, values in runs_of.items():
         results[key] = statistics.median(v or 0 for v in values)

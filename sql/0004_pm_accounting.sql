@@ -67,7 +67,7 @@ COMMENT ON FUNCTION pm.image_json(pm.position_image) IS
     'pm.image_json(image) -> the Position jsonb of a position image as of now (position_size_norm null). Read only.';
 
 CREATE OR REPLACE FUNCTION pm.position_ref(i pm.position_image) RETURNS jsonb
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object('id', i.id, 'asset', i.asset, 'mode', i.mode, 'version', i.version)
 $$;
 COMMENT ON FUNCTION pm.position_ref(pm.position_image) IS
@@ -580,7 +580,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.ledger_insert(public.positions, pm.executions) IS
-    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Appends the row in (exec_time, seq, exec_key) order; a row older than the newest re-folds only the rows after it, so the result depends on the set of rows, not on delivery order. A position with state but no ledger gets an opening balance first. Returns NULL and writes nothing when exec_key is in the ledger already: the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
+    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Appends the row in (exec_time, seq, exec_key) order; a row older than the newest re-folds only the rows after it, so the result depends on the set of rows, not on delivery order. A position with state but no ledger gets an opening balance first. Returns NULL, and adds no row for it, when exec_key is in the ledger already (checked first; a concurrent delivery of the same key for another position is caught by the insert): the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
 
 CREATE OR REPLACE FUNCTION pm.fold_ledger(p_position_id uuid) RETURNS pm.pos_state
 LANGUAGE plpgsql STABLE AS $$
@@ -655,17 +655,18 @@ LANGUAGE plpgsql AS $$
 DECLARE
     pos public.positions;
     st pm.pos_state;
+    img pm.position_image;
 BEGIN
     pos := pm.lock_position(p_asset, p_mode);
     st := pm.ledger_insert(pos, e);
     IF st IS NULL THEN
         RETURN jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || e.exec_key || ' was applied before');
     END IF;
-    RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key,
-        'position', pm.position_ref(pm.write_state(pos, st, e.source, e.kind, e.trace_id, NULL,
-                                                   jsonb_build_object('exec_key', e.exec_key, 'side', e.side,
-                                                                      'qty', pm.dec(e.qty), 'price', pm.dec(e.price),
-                                                                      'fee', pm.dec(e.fee)))));
+    img := pm.write_state(pos, st, e.source, e.kind, e.trace_id, NULL,
+                          jsonb_build_object('exec_key', e.exec_key, 'side', e.side, 'qty', pm.dec(e.qty),
+                                             'price', pm.dec(e.price), 'fee', pm.dec(e.fee)));
+    -- (a variable, not the call itself, as argument: the SQL function is then inlined)
+    RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key, 'position', pm.position_ref(img));
 END
 $$;
 COMMENT ON FUNCTION pm.apply_execution(text, text, pm.executions) IS
@@ -838,6 +839,7 @@ DECLARE
     pos public.positions;
     st pm.pos_state;
     e pm.executions;
+    img pm.position_image;
     trace text := pm.j_text(p_ev, 'trace_id', 'trace_id');
 BEGIN
     IF jsonb_typeof(ord) IS DISTINCT FROM 'object' THEN
@@ -899,11 +901,10 @@ BEGIN
     IF st IS NULL THEN
         RETURN jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || e.exec_key || ' was applied before');
     END IF;
-    RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key,
-        'position', pm.position_ref(pm.write_state(pos, st, 'order_execution', 'trade', trace, NULL,
-                                                   jsonb_build_object('exec_key', e.exec_key, 'side', side,
-                                                                      'qty', pm.dec(dq), 'price', pm.dec(price),
-                                                                      'fee', pm.dec(e.fee)))));
+    img := pm.write_state(pos, st, 'order_execution', 'trade', trace, NULL,
+                          jsonb_build_object('exec_key', e.exec_key, 'side', side, 'qty', pm.dec(dq),
+                                             'price', pm.dec(price), 'fee', pm.dec(e.fee)));
+    RETURN jsonb_build_object('status', 'applied', 'execution', e.exec_key, 'position', pm.position_ref(img));
 END
 $$;
 COMMENT ON FUNCTION pm.apply_order_progress_event(jsonb) IS

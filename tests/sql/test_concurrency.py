@@ -222,6 +222,24 @@ def test_second_writer_waits_for_the_first(db, connect, first_commits):
     assert (st["size"], st["avg_price"]) == (row["size"], row["average_entry_price"])
 
 
+@pytest.mark.parametrize("first_commits", [True, False])
+def test_same_key_for_another_position_waits_and_is_duplicate(db, connect, first_commits):
+    """Two deliveries of one execution naming different positions take different row locks; the
+    second waits on the ledger key until the first ends: duplicate after a commit, applied after a
+    rollback; never an error, never both."""
+    s1, s2 = connect(), connect()
+    apply_order(s1, exec_a("k1", "Buy", 1, 100, "0", 0, asset="BTCUSDT"))
+    t, outcome = start_apply(s2, exec_a("k1", "Buy", 1, 100, "0", 0, asset="ETHUSDT"))
+    wait_until_blocked(db, s2.info.backend_pid)
+    s1.commit() if first_commits else s1.rollback()
+    t.join(WAIT_LIMIT)
+    assert not t.is_alive() and "error" not in outcome, outcome
+    assert outcome["result"]["status"] == ("duplicate" if first_commits else "applied")
+    assert counts(db)["pm.executions"] == 1 and counts(db)["pm.outbox"] == 1
+    applied_to = db.execute("SELECT p.asset FROM pm.executions x JOIN positions p ON p.id = x.position_id").fetchone()[0]
+    assert applied_to == ("BTCUSDT" if first_commits else "ETHUSDT")
+
+
 def test_second_writer_gives_up_with_lock_timeout_and_retries(db, connect):
     apply_order(db, exec_a("f0", "Buy", 1, 100, "0", 0))
     s1, s2 = connect(), connect()
