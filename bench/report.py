@@ -381,9 +381,9 @@ def markdown(figs: dict, made: dict[str, str], full: bool) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
         image("sql_throughput", "SQL core throughput beside pgbench")
-        lines += ["Cost against ledger size: each run measures with an empty ledger, grows it by set-based "
-                  "inserts, and measures again; per second, and in parentheses as a share of the same run's "
-                  "empty-ledger rate:", "",
+        lines += ["Cost against ledger size: each run measures two databases in turns, one starting with an "
+                  "empty ledger and one whose ledger was grown by set-based inserts; per second, and in "
+                  "parentheses as a share of the same run's empty-ledger rate:", "",
                   "| ledger rows | " + " | ".join(SQL_SHORT[k].replace("\n", " ") for k in sql_keys(sql["runs"])) + " |",
                   "|---:|" + "---:|" * len(sql_keys(sql["runs"]))]
         for x in sql["runs"]:
