@@ -11,7 +11,6 @@ import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from falcon import testing
 
 from app.api import create_app, make_api_pool
 from app.db import q
+from tests.sql.helpers import fill_position
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -64,21 +64,8 @@ def client(make_client, api_settings) -> testing.TestClient:
 
 def fill(db, asset: str, side: str, qty: str, price: str, *, fee: str = "0", mode: str | None = None,
          position_idx: int | None = None, executed_at: str = "2025-01-27T10:00:00Z") -> dict:
-    """One execution (order event shape A) through pm.apply_order_event, as the consumer applies it."""
-    event = {"event_id": str(uuid.uuid4()), "event_type": "order_executed", "execution_id": str(uuid.uuid4()),
-             "order_id": str(uuid.uuid4()), "asset": asset, "side": side, "execution_quantity": qty,
-             "execution_price": price, "execution_fees": fee, "executed_at": executed_at}
-    if mode:
-        event["mode"] = mode
-    if position_idx is not None:
-        event["position_idx"] = position_idx
-    (result,) = db.execute(q("apply_order_event"), {"event": json.dumps(event)}).fetchone()
-    assert result["status"] == "applied", result
-    # the result names the position and its new version; the Position is read like the API does
-    ref = result["position"]
-    (position,) = db.execute("SELECT pm.get_position(%s, %s)", (ref["asset"], ref["mode"])).fetchone()
-    assert position["version"] == ref["version"], (position, ref)
-    return position
+    """One execution (order event shape A) through pm.apply_order_event; the Position after it."""
+    return fill_position(db, asset, side, qty, price, at=executed_at, fee=fee, mode=mode, position_idx=position_idx)
 
 
 def set_prices(db, prices: dict[str, str]) -> dict:

@@ -3,34 +3,20 @@ as the consumers and jobs apply them, and calls of the extras functions."""
 from __future__ import annotations
 
 import json
-import uuid
 from decimal import Decimal
 
 import psycopg
 import pytest
 
 from app.db import q
+from tests.sql.helpers import fill_position
 
 
 def fill(db, asset: str, side: str, qty: str, price: str, *, at: str = "2025-01-27T10:00:00Z", fee: str = "0",
          mode: str | None = None, position_idx: int | None = None, trace: str | None = None) -> dict:
-    """One execution (order event shape A) through pm.apply_order_event."""
-    event = {"event_id": str(uuid.uuid4()), "event_type": "order_executed", "execution_id": str(uuid.uuid4()),
-             "order_id": str(uuid.uuid4()), "asset": asset, "side": side, "execution_quantity": qty,
-             "execution_price": price, "execution_fees": fee, "executed_at": at}
-    if mode:
-        event["mode"] = mode
-    if position_idx is not None:
-        event["position_idx"] = position_idx
-    if trace:
-        event["trace_id"] = trace
-    (result,) = db.execute(q("apply_order_event"), {"event": json.dumps(event)}).fetchone()
-    assert result["status"] == "applied", result
-    # the result names the position and its new version; the Position is read like the API does
-    ref = result["position"]
-    (position,) = db.execute("SELECT pm.get_position(%s, %s)", (ref["asset"], ref["mode"])).fetchone()
-    assert position["version"] == ref["version"], (position, ref)
-    return position
+    """One execution (order event shape A) through pm.apply_order_event; the Position after it."""
+    return fill_position(db, asset, side, qty, price, at=at, fee=fee, mode=mode, position_idx=position_idx,
+                         trace=trace)
 
 
 def set_prices(db, prices: dict[str, str]) -> dict:

@@ -4,6 +4,7 @@ like the shared tables' DECIMAL(20,8))."""
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal
@@ -90,6 +91,28 @@ def apply_order(conn: psycopg.Connection, event: Any) -> dict:
     """pm.apply_order_event with a Python object (sent as jsonb) or raw JSON text."""
     param = event if isinstance(event, str) else Jsonb(event)
     return conn.execute("SELECT pm.apply_order_event(%s::jsonb)", (param,)).fetchone()[0]
+
+
+def fill_position(conn: psycopg.Connection, asset: str, side: str, qty: str, price: str, *, at: str,
+                  fee: str = "0", mode: str | None = None, position_idx: int | None = None,
+                  trace: str | None = None) -> dict:
+    """One execution (order event shape A, a fresh execution id) through pm.apply_order_event, as the
+    consumer applies it; returns the Position after it (the result only names the position)."""
+    event = {"event_id": str(uuid.uuid4()), "event_type": "order_executed", "execution_id": str(uuid.uuid4()),
+             "order_id": str(uuid.uuid4()), "asset": asset, "side": side, "execution_quantity": qty,
+             "execution_price": price, "execution_fees": fee, "executed_at": at}
+    if mode:
+        event["mode"] = mode
+    if position_idx is not None:
+        event["position_idx"] = position_idx
+    if trace:
+        event["trace_id"] = trace
+    result = apply_order(conn, event)
+    assert result["status"] == "applied", result
+    ref = result["position"]
+    (pos,) = conn.execute("SELECT pm.get_position(%s, %s)", (ref["asset"], ref["mode"])).fetchone()
+    assert pos["version"] == ref["version"], (pos, ref)
+    return pos
 
 
 def apply_position(conn: psycopg.Connection, event: Any) -> dict:
