@@ -2,11 +2,11 @@
 -- Almost all of them call one function or read one view of schema pm (sql/).
 
 -- name: apply_order_event
--- One message body of the order queue (SPEC §2.3), applied in the caller's transaction.
+-- One message body of the order queue, applied in the caller's transaction.
 SELECT pm.apply_order_event(%(event)s::jsonb)
 
 -- name: apply_position_event
--- One message body of the position queue (SPEC §2.4), applied in the caller's transaction.
+-- One message body of the position queue, applied in the caller's transaction.
 SELECT pm.apply_position_event(%(event)s::jsonb)
 
 -- ===== Operations: the cron-style jobs of jobs/ (bin/snapshot, bin/cleanup-snapshots, ...) =====
@@ -36,7 +36,7 @@ SELECT pm.stale_price_assets()
 -- Mark prices fetched from the exchange, {"SYMBOL": "price"} (bin/refresh-prices).
 SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 
--- API (app/api/): the REST API of SPEC §3. Results that go out as they are come back as text,
+-- API (app/api/): the REST API. Results that go out as they are come back as text,
 -- so Python never parses and re-serialises a Position.
 
 -- name: api_rate_limit_hit
@@ -156,7 +156,7 @@ SELECT asset, current_price FROM pm.v_positions WHERE is_open
 -- bin/demo: the portfolio it prints at the end.
 SELECT pm.portfolio_json(NULL)
 
--- Extras (issue 7; app/api/extras.py, jobs/api_keys.py): manual control, price pushes, trade
+-- Extras (app/api/extras/, jobs/api_keys.py): manual control, price pushes, trade
 -- statistics, history and as-of, scoped API keys, the live stream.
 
 -- name: extras_get_position

@@ -1,4 +1,4 @@
-"""Configuration from the environment (SPEC §6).
+"""Configuration from the environment.
 
 Every variable is read once, at process start. A missing or malformed value raises
 `ConfigError` whose message names the variable; the entry points print it and exit 2.
@@ -248,7 +248,7 @@ class Settings:
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read every variable of SPEC §6; raise ConfigError naming the first bad one."""
+    """Read every variable of _VARIABLES; raise ConfigError naming the first bad one."""
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for attr, name, default, parse in _VARIABLES:

@@ -1,5 +1,5 @@
 """A blocking pika consumer that hands message bodies to pm.apply_order_event /
-pm.apply_position_event (SPEC §2.3, §2.4, §4.1, §4.3).
+pm.apply_position_event.
 
 Per batch (up to POSITION_MANAGER_CONSUMER_BATCH_SIZE messages, flushed early when the queue
 goes quiet for a few milliseconds):
@@ -86,7 +86,7 @@ class Delivery:
             self.dead = (f"invalid UTF-8: {exc}", "invalid_utf8")
             return
         try:
-            # NaN/Infinity are not JSON (Python accepts them, PostgreSQL and SPEC §4.3 do not)
+            # NaN/Infinity are not JSON (Python accepts them, PostgreSQL does not)
             self.doc = json.loads(self.text, parse_constant=_reject_constant)
         except ValueError as exc:
             self.dead = (f"invalid JSON: {exc}", "invalid_json")

@@ -16,7 +16,7 @@ from app.settings import Settings
 
 log = logging.getLogger("position_manager.rabbit")
 
-# ws-gateway declares the position queue with exactly these arguments (SPEC §2.4); a declaration
+# ws-gateway declares the position queue with exactly these arguments; a declaration
 # with other arguments is refused by the broker (406 PRECONDITION_FAILED) and closes the channel.
 POSITION_QUEUE_ARGUMENTS = {"x-message-ttl": 86400000, "x-max-length": 100000, "x-overflow": "drop-head"}
 

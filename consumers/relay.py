@@ -1,4 +1,4 @@
-"""The outbox relay (SPEC §4.2): publishes the rows of pm.outbox to their queues.
+"""The outbox relay: publishes the rows of pm.outbox to their queues.
 
 One loop: in a transaction, claim the oldest unpublished rows (pm.outbox_claim, FOR UPDATE SKIP
 LOCKED), publish them (persistent, application/json, message_id = event id, header trace_id,

@@ -1,5 +1,5 @@
 """bin/validate-positions: validate every position against its fill ledger and the exchange's last
-report (SPEC §5.3) in one SQL call, pm.validate_all; --fix corrects them (audited, versioned).
+report in one SQL call, pm.validate_all; --fix corrects them (audited, versioned).
 
 Exit code 3 when discrepancies were found (with --fix: found and corrected), so cron can alert."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The REST API (SPEC §3): a Falcon WSGI app built from its dependencies.
+"""The REST API: a Falcon WSGI app built from its dependencies.
 
 `create_app(pool, settings)` wires resources and middleware (tests pass their own pool and
 settings); `get_app()` reads the environment and is what gunicorn loads, once per worker, after
@@ -51,7 +51,7 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     app.add_route("/api/v1/portfolio/pnl", resources.PortfolioPartResource(cache, "pnl", PNL_FIELDS))
     if settings.bench_reference:
         app.add_route("/bench/select1", resources.SelectOneResource())
-    extras.register(app, settings)  # issue 7: manual control, statistics, history, scoped keys, stream
+    extras.register(app, settings)  # manual control, statistics, history, scoped keys, stream
     return app
 
 

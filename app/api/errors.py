@@ -1,4 +1,4 @@
-"""The one place that turns exceptions into HTTP statuses and the JSON error body (SPEC §3).
+"""The one place that turns exceptions into HTTP statuses and the JSON error body.
 
 Every error response is `{"error_code", "message", "trace_id"}`. SQLSTATEs map to statuses here
 and nowhere else (the PostgREST rule): class 22 (invalid input, raised by the SQL functions with a

@@ -1,4 +1,4 @@
-"""gunicorn configuration of the API (bin/serve). Values come from app.settings (SPEC §6).
+"""gunicorn configuration of the API (bin/serve). Values come from app.settings.
 
 Threaded workers (gthread) keep HTTP connections alive between requests, which a trading client
 polling /positions/{asset} before every order benefits from; each worker loads the app after the

@@ -23,7 +23,7 @@ from app.db import q
 
 access_log = logging.getLogger("position_manager.api.access")
 
-# Paths that need no API key (SPEC §3): load balancers and the schema.
+# Paths that need no API key: load balancers and the schema.
 PUBLIC_PATHS = frozenset({"/health", "/openapi.yaml"})
 # A trace id from the caller is echoed only when it is a sane token (it goes into logs and SQL).
 _TRACE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")

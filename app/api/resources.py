@@ -1,4 +1,4 @@
-"""The endpoints of SPEC §3. Each resource checks its parameters and makes one SQL call.
+"""The endpoints of positions, snapshots and the portfolio. Each resource checks its parameters and makes one SQL call.
 
 Bodies come back from SQL as JSON text (decimals as strings, timestamps ISO Z, built by
 pm.position_json / pm.portfolio_json / ...) and are sent as they are: no arithmetic and no
@@ -43,7 +43,7 @@ def _actor(req: falcon.Request) -> str:
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
-    """If-None-Match with weak comparison (RFC 9110 §13.1.2)."""
+    """If-None-Match with weak comparison (a W/ prefix is ignored on both sides; * matches)."""
     if not header:
         return False
     opaque = etag.removeprefix("W/")

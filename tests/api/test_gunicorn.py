@@ -72,7 +72,7 @@ def curl(*args: str) -> tuple[int, str, dict]:
 
 
 def test_quickstart_curl_examples(start_server, settings, db):
-    """The commands of the seed quickstart (../shared/seeds/quickstart.md), host and key adapted."""
+    """The quick-start curl calls (health, positions, one position, portfolio), host and key adapted."""
     fill(db, "BTCUSDT", "Buy", "1.5", "50000", fee="0.1")
     fill(db, "ETHUSDT", "Sell", "3", "3000")
     set_prices(db, {"BTCUSDT": "50100", "ETHUSDT": "2900"})

@@ -30,7 +30,7 @@ def app(api_settings, db):
     pool.close()
 
 
-# issue 7 (app/api/extras/, tests/extras/): documented here too, so the fuzzing covers them
+# the extras routes (app/api/extras/, tests/extras/): documented here too, so the fuzzing covers them
 EXTRAS_OPERATIONS = {
     "PATCH /api/v1/positions/{asset}", "POST /api/v1/positions/{asset}/close", "GET /api/v1/positions/{asset}/history",
     "POST /api/v1/prices", "GET /api/v1/portfolio/summary", "GET /api/v1/api-keys", "POST /api/v1/api-keys",
@@ -48,7 +48,7 @@ def operations(app):
     schema.config.generation.update(max_examples=MAX_EXAMPLES, codec="ascii", allow_x00=False,
                                      # the key is sent by the test; its absence is covered by test_http.py
                                      with_security_parameters=False)
-    # (issue 7) a well-formed If-Match naming another version is a valid request answered 412
+    # a well-formed If-Match naming another version is a valid request answered 412
     acceptance = schema.config.checks.positive_data_acceptance
     acceptance.expected_statuses = [*acceptance.expected_statuses, "412"]
     return [result.ok() for result in schema.get_all_operations()]

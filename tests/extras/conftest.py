@@ -1,4 +1,4 @@
-"""Fixtures and helpers of the extras tests (issue 7): fills and prices through the SQL core,
+"""Fixtures and helpers of the extras tests: fills and prices through the SQL core,
 as the consumers and jobs apply them, and calls of the extras functions."""
 from __future__ import annotations
 

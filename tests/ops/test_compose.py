@@ -1,5 +1,5 @@
 """docker-compose.yml and the Dockerfile, checked without a Docker engine: the YAML parses, the
-services of SPEC §7 are there with healthchecks, every command names an entry point that exists,
+services the service needs are there with healthchecks, every command names an entry point that exists,
 every variable set for our image is one app.settings knows, and every path it mounts exists."""
 from __future__ import annotations
 

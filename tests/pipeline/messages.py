@@ -1,5 +1,5 @@
-"""Message bodies as the real producers send them (SPEC §2.3, §2.4), and a reference fold of
-one-way executions (SPEC §2.2) in Decimal, rounded like the shared tables (8 decimals)."""
+"""Message bodies as the real producers send them, and a reference fold of
+one-way executions in Decimal, rounded like the shared tables (8 decimals)."""
 from __future__ import annotations
 
 import uuid
@@ -69,7 +69,7 @@ def q8(x: Decimal) -> Decimal:
 
 def fold(fills) -> tuple[Decimal, Decimal | None, Decimal]:
     """(size, average, realized) after one-way fills (side, qty, price, fee) in this order: the SQL-core
-    tests' reference of SPEC §2.2 (tests/sql/helpers.py)."""
+    tests' reference fold (tests/sql/helpers.py)."""
     st = ref_fold([Fill(side=side, qty=q8(Decimal(qty)), price=q8(Decimal(price)), fee=q8(Decimal(fee)), minute=i)
                    for i, (side, qty, price, fee) in enumerate(fills)])
     return st.size, st.avg, st.realized

@@ -1,4 +1,4 @@
-"""Bad messages (SPEC §4.3), a crash between commit and ack, a relay crash between publish and
+"""Bad messages, a crash between commit and ack, a relay crash between publish and
 mark, unknown failures, two consumers on one queue, clean SIGTERM."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Servers going away (SPEC §4.1, §4.3): a PRIVATE PostgreSQL stopped while messages arrive, a
+"""Servers going away: a PRIVATE PostgreSQL stopped while messages arrive, a
 PRIVATE RabbitMQ node restarted under the consumer and the relay. The shared servers are never
 touched."""
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Every message shape of SPEC §2.3 and §2.4, published as the real producers do, through the
+"""Every message shape of the order and position queues, published as the real producers do, through the
 real consumer and relay processes: the right position, one position_updated per change."""
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_position_event_shapes(pipe):
     pipe.publish(q_order, m.execution("BTCUSDT", "Buy", "1", "50000", "0", at=1))
     ws_new = m.ws_position("BNBUSDT", "2", "Buy", mark="600", avg="590", at=2)
     ws_price = m.ws_position("BTCUSDT", "1", "Buy", mark="51000", avg="50000", at=3)
-    spec = {"event_type": "position", "payload": {"symbol": "LTCUSDT", "mode": "one-way", "size": "-3",
+    flat = {"event_type": "position", "payload": {"symbol": "LTCUSDT", "mode": "one-way", "size": "-3",
                                                   "avgPrice": "80", "markPrice": "81", "unrealisedPnl": "-3",
                                                   "realisedPnl": "0", "timestamp": m.iso(2)}}
     raw = {"id": "bybit-pos-1", "topic": "position", "creationTime": int(m.ms(2)),
@@ -112,7 +112,7 @@ def test_position_event_shapes(pipe):
     pipe.start("order")
     pipe.start("relay")
     wait_for(lambda: pipe.position("BTCUSDT"), what="the BTC fill")
-    for body in (ws_new, ws_price, spec, raw, ws_hedge, record):
+    for body in (ws_new, ws_price, flat, raw, ws_hedge, record):
         pipe.publish(q_pos, body)
     pipe.start("position")
 

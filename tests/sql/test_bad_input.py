@@ -1,4 +1,4 @@
-"""Invalid input (SPEC §1.3, §4.3): pm.apply_order_event and pm.apply_position_event raise an
+"""Invalid input: pm.apply_order_event and pm.apply_position_event raise an
 SQLSTATE of class 22 whose message names the field, and write nothing.
 
 All cases share one migrated database (module fixture): each case compares every table's row

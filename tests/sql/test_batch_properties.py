@@ -1,4 +1,4 @@
-"""pm.apply_batch (the consumers' fast path) against the pure-Python reference of SPEC §2.2: any split
+"""pm.apply_batch (the consumers' fast path) against the pure-Python reference of the fill accounting: any split
 into batches, any delivery order and redeliveries give the reference position; every version bump
 has exactly one outbox row. (tests/sql/test_batch.py covers the batch contract itself.)"""
 from __future__ import annotations

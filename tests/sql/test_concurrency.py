@@ -1,4 +1,4 @@
-"""Concurrent writers (SPEC §2.4 end): several sessions applying fills to one position never lose an
+"""Concurrent writers: several sessions applying fills to one position never lose an
 update; a second writer waits for the first one's commit (pgmq-style step-by-step interleaving)."""
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""pm.apply_order_event: the accounting of SPEC §2.2 and every order/fill shape of §2.3,
-idempotency, order independence, version and the position_updated outbox (§4.2)."""
+"""pm.apply_order_event: the fill accounting and every order/fill shape,
+idempotency, order independence, version and the position_updated outbox."""
 from __future__ import annotations
 
 import re
@@ -39,7 +39,7 @@ def assert_matches_fold(db, row):
 
 
 # ---------------------------------------------------------------------------------------------
-# SPEC §2.2 worked examples
+# Worked examples of the fill accounting
 # ---------------------------------------------------------------------------------------------
 
 def test_worked_example_buy_buy_sell(db):
@@ -68,7 +68,7 @@ def test_worked_example_flip(db):
 
 
 # ---------------------------------------------------------------------------------------------
-# Each rule of §2.2 (one-way)
+# Each rule of the fill accounting (one-way)
 # ---------------------------------------------------------------------------------------------
 
 def test_open_creates_position_at_fill_time(db):

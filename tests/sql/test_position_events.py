@@ -1,4 +1,4 @@
-"""pm.apply_position_event: the three shapes and every rule of SPEC §2.4 (the exchange stream owns
+"""pm.apply_position_event: the three shapes and every rule of the exchange's position reports (the exchange stream owns
 price and unrealized PnL; the fill path owns size)."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Property tests of the fill accounting (SPEC §2.2, §2.3 guarantees) with hypothesis.
+"""Property tests of the fill accounting (its rules and the guarantees of every fill shape) with hypothesis.
 
 Each example works on a position of its own (a fresh asset name), in the one database of the test.
 The expected result comes from the pure-Python reference in tests/sql/helpers.py."""
@@ -151,7 +151,7 @@ def test_hedge_incremental_equals_fold_and_reference(db, ops, twice):
 
 
 def test_reference_matches_the_worked_examples():
-    """The reference itself is checked against SPEC §2.2 before it judges the SQL."""
+    """The reference itself is checked against the worked examples before it judges the SQL."""
     f = [Fill("Buy", Decimal(10), Decimal(100), Decimal("0.1"), 0), Fill("Buy", Decimal(10), Decimal(110), Decimal("0.11"), 1),
          Fill("Sell", Decimal(5), Decimal(120), Decimal("0.06"), 2)]
     r = ref_fold(f)

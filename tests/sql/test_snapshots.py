@@ -1,4 +1,4 @@
-"""Snapshots and retention (SPEC §5) at the SQL level."""
+"""Snapshots and retention at the SQL level."""
 from __future__ import annotations
 
 from datetime import timedelta

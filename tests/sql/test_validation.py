@@ -1,4 +1,4 @@
-"""Validation (SPEC §5.3) at the SQL level: against the ledger fold and the exchange's last report,
+"""Validation at the SQL level: against the ledger fold and the exchange's last report,
 with and without fix; after a fix the ledger fold and the stored position agree."""
 from __future__ import annotations
 

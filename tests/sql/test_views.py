@@ -1,4 +1,4 @@
-"""The public views (SPEC §1.3) and the definitions of §2.1, computed from positions built by fills
+"""The public views and the portfolio definitions, computed from positions built by fills
 and prices set through pm.set_prices."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 7 beyond SPEC §3: manual control, price pushes, trade statistics, history and as-of,
+"""The routes beyond positions and portfolio: manual control, price pushes, trade statistics, history and as-of,
 scoped API keys and the live stream. `register(app, settings)` adds everything to an app built by
 app.api.create_app; AuthMiddleware gets `stored_key_lookup(...)` for the keys of pm.api_keys.
 """

@@ -1,4 +1,4 @@
-"""The endpoints of issue 7 beyond SPEC §3: manual control, price pushes, trade statistics,
+"""The endpoints beyond positions and portfolio: manual control, price pushes, trade statistics,
 history and as-of, API key management. Each checks its parameters and makes one SQL call
 (sql/0040-0043); bodies come back from SQL as JSON text and are sent as they are.
 """
@@ -56,7 +56,7 @@ def json_body(req: falcon.Request, *, required: bool = True):
 def expected_version(req: falcon.Request) -> int | None:
     """If-Match: the version the client last saw (an ETag of GET, W/"7" or "7"); * or absent = any.
     Any other value is an ETag this service never issued: it cannot match, so the answer is 412
-    (RFC 9110 §13.1.1), expressed as a version no position has."""
+    (an If-Match that names no current representation fails), expressed as a version no position has."""
     header = req.get_header("If-Match")
     if header is None or header.strip() == "*":
         return None
