@@ -1,9 +1,8 @@
-"""Fixtures of the API tests: the Falcon app on this test's database, a real gunicorn, helpers
-that change positions through the SQL core (as the consumers do), and a TCP proxy in front of
-PostgreSQL that a test can cut to make the database unreachable."""
+"""Fixtures of the API tests (tests/api/ and tests/api/extras/): the Falcon app on this test's
+database, a real gunicorn, and a TCP proxy in front of PostgreSQL that a test can cut to make the
+database unreachable. Positions are changed through the SQL core (tests/sql/calls.py)."""
 from __future__ import annotations
 
-import json
 import os
 import select
 import signal
@@ -13,13 +12,12 @@ import threading
 import time
 from pathlib import Path
 
+import falcon
 import pytest
 import requests
 from falcon import testing
 
 from app.api import create_app, make_api_pool
-from app.db import q
-from tests.sql.helpers import fill_position
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
@@ -35,20 +33,22 @@ def free_port() -> int:
 
 @pytest.fixture
 def api_settings(settings):
-    """Rate limits high enough never to interfere; the rate-limit tests set their own."""
+    """Rate limits high enough never to interfere (the rate-limit tests set their own); a live
+    stream sends a heartbeat every second and ends after 3 s."""
     return settings.with_overrides(rate_limit_default=1_000_000, metrics_cache_ttl=60,
-                                   rate_limit_overrides={KEY_A: 1_000_000})
+                                   rate_limit_overrides={KEY_A: 1_000_000}, stream_heartbeat=1,
+                                   stream_max_seconds=3)
 
 
 @pytest.fixture
-def make_client():
-    """make_client(settings) -> TestClient over create_app with its own pool (closed at teardown)."""
+def make_app():
+    """make_app(settings, **create_app_kwargs) -> the Falcon app with its own pool (closed at teardown)."""
     pools = []
 
-    def _make(settings, **kwargs) -> testing.TestClient:
+    def _make(settings, **kwargs) -> falcon.App:
         pool = make_api_pool(settings)
         pools.append(pool)
-        return testing.TestClient(create_app(pool, settings, **kwargs), headers={"X-API-Key": API_KEY})
+        return create_app(pool, settings, **kwargs)
 
     yield _make
     for pool in pools:
@@ -56,22 +56,18 @@ def make_client():
 
 
 @pytest.fixture
+def make_client(make_app):
+    """make_client(settings, key=API_KEY, **create_app_kwargs) -> a TestClient sending that X-API-Key."""
+
+    def _make(settings, key: str = API_KEY, **kwargs) -> testing.TestClient:
+        return testing.TestClient(make_app(settings, **kwargs), headers={"X-API-Key": key})
+
+    return _make
+
+
+@pytest.fixture
 def client(make_client, api_settings) -> testing.TestClient:
     return make_client(api_settings)
-
-
-# ------------------------------------------------------------------ changing positions (SQL core)
-
-def fill(db, asset: str, side: str, qty: str, price: str, *, fee: str = "0", mode: str | None = None,
-         position_idx: int | None = None, executed_at: str = "2025-01-27T10:00:00Z") -> dict:
-    """One execution (order event shape A) through pm.apply_order_event; the Position after it."""
-    return fill_position(db, asset, side, qty, price, at=executed_at, fee=fee, mode=mode, position_idx=position_idx)
-
-
-def set_prices(db, prices: dict[str, str]) -> dict:
-    (result,) = db.execute(q("job_set_prices"), {"prices": json.dumps(prices), "trace": None,
-                                                  "actor": "test"}).fetchone()
-    return result
 
 
 # ------------------------------------------------------------------ a real gunicorn

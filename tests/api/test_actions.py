@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.api.conftest import fill
+from tests.sql.calls import fill
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.api.conftest import fill
+from tests.sql.calls import fill
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 API_FILES = ["0010_api_rate_limit.sql", "0011_api_positions.sql"]

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.api.conftest import API_KEY, KEY_A, KEY_B, ROOT, fill, server_environ, set_prices
+from tests.api.conftest import API_KEY, KEY_A, KEY_B, ROOT, server_environ
+from tests.sql.calls import fill, set_prices
 
 
 def wait_for_fresh_window(db, needed_seconds: float = 20) -> None:

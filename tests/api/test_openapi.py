@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings as hypothesis_settings
 from schemathesis.core.failures import FailureGroup
 from schemathesis.openapi.checks import RejectedPositiveData
 
-from app.api import create_app, make_api_pool
-from tests.api.conftest import API_KEY, fill, set_prices
+from tests.api.conftest import API_KEY
+from tests.sql.calls import fill, set_prices
 
 # Small on purpose (the run stays around 10 s on the shared 2-core machine); raise it with
 # PM_SCHEMATHESIS_EXAMPLES=500 for a deeper search.
@@ -20,23 +20,21 @@ MAX_EXAMPLES = int(os.environ.get("PM_SCHEMATHESIS_EXAMPLES", "25"))
 
 
 @pytest.fixture
-def app(api_settings, db):
+def app(make_app, api_settings, db):
     fill(db, "BTCUSDT", "Buy", "1.5", "50000")
     fill(db, "ETHUSDT", "Sell", "2", "3000")
     fill(db, "XRPUSDT", "Buy", "100", "0.5", mode="hedge", position_idx=1)
     set_prices(db, {"BTCUSDT": "50100", "ETHUSDT": "2900"})
-    pool = make_api_pool(api_settings)
-    yield create_app(pool, api_settings.with_overrides(rate_limit_enabled=False))
-    pool.close()
+    return make_app(api_settings.with_overrides(rate_limit_enabled=False))
 
 
-# the extras routes (app/api/extras/, tests/extras/): documented here too, so the fuzzing covers them
+# the extras routes (app/api/extras/, tests/api/extras/): documented here too, so the fuzzing covers them
 EXTRAS_OPERATIONS = {
     "PATCH /api/v1/positions/{asset}", "POST /api/v1/positions/{asset}/close", "GET /api/v1/positions/{asset}/history",
     "POST /api/v1/prices", "GET /api/v1/portfolio/summary", "GET /api/v1/api-keys", "POST /api/v1/api-keys",
     "DELETE /api/v1/api-keys/{name}", "GET /api/v1/stream"}
 # An SSE stream only ends after POSITION_MANAGER_STREAM_MAX_SECONDS: covered over real HTTP by
-# tests/extras/test_stream_gunicorn.py instead.
+# tests/api/extras/test_stream.py instead.
 NOT_FUZZED = {"GET /api/v1/stream"}
 # OpenAPI 3.0 cannot constrain the property names of an object (propertyNames is 3.1): a body
 # {"": "1"} is schema-valid, yet "" is no symbol (400 naming it). Every other check still runs.

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.api.conftest import fill, set_prices
+from tests.sql.calls import fill, set_prices
 
 PORTFOLIO_FIELDS = {"total_exposure_usdt", "net_exposure_usdt", "total_unrealized_pnl_usdt", "total_realized_pnl_usdt",
                     "total_pnl_usdt", "portfolio_value_usdt", "open_positions_count", "long_positions_count",

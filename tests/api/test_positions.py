@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.api.conftest import fill, set_prices
+from tests.sql.calls import fill, set_prices
 
 POSITION_FIELDS = {
     "id", "asset", "mode", "side", "size", "long_size", "short_size", "average_entry_price", "long_avg_price",

@@ -6,7 +6,8 @@ import time
 
 import requests
 
-from tests.api.conftest import API_KEY, fill, free_port, server_environ
+from tests.api.conftest import API_KEY, free_port, server_environ
+from tests.sql.calls import fill
 
 
 def assert_unavailable(response_status: int, headers, body: dict) -> None:

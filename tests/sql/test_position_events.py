@@ -10,12 +10,6 @@ from tests.sql.helpers import (apply_order, apply_position, at, at_ms, counter, 
                                outbox_rows, position)
 
 
-@pytest.fixture(autouse=True)
-def _needs_position_events(db):
-    if db.execute("SELECT to_regprocedure('pm.apply_position_event(jsonb)')").fetchone()[0] is None:
-        pytest.skip("pm.apply_position_event(jsonb) is not in sql/ yet")
-
-
 def raw_record(side="Buy", size="1", avg="100", mark="100", minute=10, seq=1, idx=0, symbol="BTCUSDT", **extra):
     """One element of Bybit's position topic (v5 field names)."""
     rec = {"positionIdx": idx, "symbol": symbol, "side": side, "size": str(size), "avgPrice": str(avg),

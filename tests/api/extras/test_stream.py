@@ -9,13 +9,11 @@ import queue
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import requests
 
-from tests.extras.conftest import ENV_KEY, fill, server_environ
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.api.conftest import API_KEY, ROOT, server_environ
+from tests.sql.calls import fill
 
 
 class SseClient:
@@ -73,7 +71,7 @@ def test_stream_over_gunicorn(start_server, settings, db):
                          POSITION_MANAGER_STREAM_HEARTBEAT="1", POSITION_MANAGER_STREAM_MAX_SECONDS="60")
     server = start_server(env)
     url = server.url + "/api/v1/stream"
-    headers = {"X-API-Key": ENV_KEY}
+    headers = {"X-API-Key": API_KEY}
     opened: list[SseClient] = []
     try:
         first = SseClient(url, headers)
@@ -213,7 +211,7 @@ def test_a_stream_ends_when_the_database_goes_away_and_resumes_when_it_is_back(s
                          POSITION_MANAGER_API_WORKERS="1", POSITION_MANAGER_API_THREADS="2",
                          POSITION_MANAGER_STREAM_HEARTBEAT="1")
     server = start_server(env)
-    url, headers = server.url + "/api/v1/stream", {"X-API-Key": ENV_KEY}
+    url, headers = server.url + "/api/v1/stream", {"X-API-Key": API_KEY}
     stream = SseClient(url, headers)
     try:
         stream.next("comment")

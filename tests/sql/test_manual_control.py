@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from tests.extras.conftest import D, call, fill, position_row, set_prices, sqlstate_of
+from tests.sql.calls import D, call, fill, push_prices, sqlstate_of
+from tests.sql.helpers import position
 
 
 def meta(db, asset="BTCUSDT", patch=None, version=None, mode="one-way", actor="key:ops", trace="t-meta"):
@@ -59,7 +60,7 @@ def test_version_mismatch_raises_pm412_with_the_current_version_and_writes_nothi
                                  patch='{"stop_loss": "1"}', expected_version=1, trace=None, actor="a")
     assert state == "PM412" and "expected 1, current 2" in message
     assert db.execute("SELECT count(*) FROM pm.position_meta").fetchone()[0] == 0
-    assert position_row(db, "BTCUSDT")["version"] == 2
+    assert position(db, "BTCUSDT")["version"] == 2
 
 
 @pytest.mark.parametrize("patch, field", [
@@ -73,7 +74,7 @@ def test_bad_metadata_is_22023_naming_the_field(db, patch, field):
     state, message = sqlstate_of(db, "extras_update_position_meta", asset="BTCUSDT", mode="one-way",
                                  patch=json.dumps(patch), expected_version=None, trace=None, actor="a")
     assert state == "22023" and f"invalid field {field}" in message
-    assert position_row(db, "BTCUSDT")["version"] == 1
+    assert position(db, "BTCUSDT")["version"] == 1
 
 
 def test_metadata_of_an_unknown_position_is_p0002(db):
@@ -104,7 +105,7 @@ def test_close_one_way_long_at_a_given_price_goes_through_the_ledger(db):
 
 def test_close_short_uses_the_current_price_when_none_is_given(db):
     fill(db, "ETHUSDT", "Sell", "2", "3000")
-    set_prices(db, {"ETHUSDT": "2900"})
+    push_prices(db, {"ETHUSDT": "2900"})
     result = close(db, asset="ethusdt")
     assert result["exit_price"] == "2900" and D(result["realized_pnl"]) == 200
     assert result["executions"][0]["side"] == "Buy"

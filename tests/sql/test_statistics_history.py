@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.extras.conftest import D, call, fill, set_prices, sqlstate_of
+from tests.sql.calls import D, call, fill, push_prices, sqlstate_of
 
 
 def stats(db) -> dict:
@@ -68,7 +68,7 @@ def test_largest_position_pct_and_positions_at_risk(db):
     fill(db, "ETHUSDT", "Sell", "1", "100")     # short, stop 105
     fill(db, "SOLUSDT", "Buy", "1", "100")      # long, stop 80: safe
     fill(db, "DOGEUSDT", "Buy", "1", "100")     # no stop-loss
-    set_prices(db, {"BTCUSDT": "95", "ETHUSDT": "110", "SOLUSDT": "90", "DOGEUSDT": "5"})
+    push_prices(db, {"BTCUSDT": "95", "ETHUSDT": "110", "SOLUSDT": "90", "DOGEUSDT": "5"})
     for asset, stop in (("BTCUSDT", "95"), ("ETHUSDT", "105"), ("SOLUSDT", "80")):
         call(db, "extras_update_position_meta", asset=asset, mode="one-way", patch='{"stop_loss": "%s"}' % stop,
              expected_version=None, trace=None, actor="t")
@@ -80,8 +80,8 @@ def test_largest_position_pct_and_positions_at_risk(db):
 
 
 def test_grafana_role_can_read_the_statistics_view(db):
-    if not db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pm_grafana'").fetchone():
-        pytest.skip("no pm_grafana role")
+    # the migrations create the role (when the cluster has none yet): no skip that could hide its loss
+    assert db.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pm_grafana'").fetchone()
     fill(db, "BTCUSDT", "Buy", "1", "100")
     db.execute("SET ROLE pm_grafana")
     try:
@@ -100,7 +100,7 @@ def history(db, asset="BTCUSDT", limit=100, offset=0, mode="one-way"):
 def test_history_is_the_audit_trail_newest_first_and_paginated(db):
     fill(db, "BTCUSDT", "Buy", "1", "100", trace="t-fill-1")
     fill(db, "BTCUSDT", "Buy", "1", "110", trace="t-fill-2")
-    set_prices(db, {"BTCUSDT": "120"})
+    push_prices(db, {"BTCUSDT": "120"})
     call(db, "extras_update_position_meta", asset="BTCUSDT", mode="one-way", patch='{"notes": "n"}',
          expected_version=None, trace="t-meta", actor="key:ops")
     page = history(db, limit=3)

@@ -8,7 +8,7 @@ import time
 
 
 from app.db import q
-from tests.extras.conftest import call, fill, sqlstate_of
+from tests.sql.calls import call, fill, sqlstate_of
 
 
 def fetch(db, after, hold=None, limit=500, grace=10):

@@ -7,7 +7,17 @@ from decimal import Decimal
 
 import pytest
 
-from tests.extras.conftest import fill, new_key
+from tests.sql.calls import fill
+
+
+def new_key(client, name: str, scope: str, rate_limit: int | None = None) -> str:
+    """A stored key made through POST /api/v1/api-keys with the (admin) environment key."""
+    body = {"name": name, "scope": scope}
+    if rate_limit is not None:
+        body["rate_limit"] = rate_limit
+    response = client.simulate_post("/api/v1/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json["key"]
 
 
 def history(client, asset="BTCUSDT"):
