@@ -1,4 +1,5 @@
-"""Database access: one pool per process, and the named SQL statements of app/queries.sql.
+"""Database access: connections with this process's settings, and the named SQL statements of
+app/queries.sql (the API's pool is app.api.make_api_pool).
 
 Python keeps no SQL strings of its own: every statement it runs is a named block in
 queries.sql (`-- name: apply_order_event`), almost always `SELECT pm.some_function(...)`.
@@ -10,7 +11,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import psycopg
-from psycopg_pool import ConnectionPool
 
 from app.settings import Settings
 
@@ -37,18 +37,3 @@ def q(name: str) -> str:
 
 def connect(settings: Settings, dbname: str | None = None, **kwargs) -> psycopg.Connection:
     return psycopg.connect(**settings.conninfo(dbname), **kwargs)
-
-
-def make_pool(settings: Settings, *, min_size: int = 1, max_size: int | None = None,
-              open: bool = True, timeout: float = 5.0, name: str | None = None) -> ConnectionPool:
-    """A pool whose connections carry the pm.* settings (thresholds) of this process."""
-    return ConnectionPool(
-        kwargs=settings.conninfo(),
-        min_size=min_size,
-        max_size=max_size or max(min_size, settings.db_pool_size),
-        open=open,
-        timeout=timeout,
-        name=name or settings.service_name,
-        check=ConnectionPool.check_connection,
-        reconnect_timeout=0,
-    )

@@ -1,16 +1,23 @@
 """Configuration from the environment.
 
 Every variable is read once, at process start. A missing or malformed value raises
-`ConfigError` whose message names the variable; the entry points print it and exit 2.
+`ConfigError` whose message names the variable; every entry point reports it the same way
+(`entry_point`, `config_error`: `<prog>: configuration error: <message>`, exit code 2).
 Thresholds that the SQL functions need are also handed to PostgreSQL as custom settings
 (`pm.*`) on every pooled connection, see `Settings.sql_options`.
 """
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from dataclasses import dataclass, fields
 from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Mapping
+
+
+# The exit code of every entry point (bin/) when its configuration or usage is wrong.
+EXIT_CONFIG = 2
 
 
 class ConfigError(ValueError):
@@ -139,8 +146,6 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("price_staleness_threshold", "POSITION_MANAGER_PRICE_STALENESS_THRESHOLD", "300", _nonneg_int),
     ("price_api_timeout", "POSITION_MANAGER_PRICE_API_TIMEOUT", "5", _nonneg_decimal),
     ("price_api_retries", "POSITION_MANAGER_PRICE_API_RETRIES", "3", _nonneg_int),
-    ("optimistic_lock_retries", "POSITION_MANAGER_OPTIMISTIC_LOCK_RETRIES", "3", _nonneg_int),
-    ("optimistic_lock_backoff_base", "POSITION_MANAGER_OPTIMISTIC_LOCK_BACKOFF_BASE", "100", _nonneg_int),
     ("rate_limit_enabled", "POSITION_MANAGER_RATE_LIMIT_ENABLED", "true", _bool),
     ("rate_limit_default", "POSITION_MANAGER_RATE_LIMIT_DEFAULT", "100", _pos_int),
     ("rate_limit_overrides", "POSITION_MANAGER_RATE_LIMIT_OVERRIDES", "", parse_overrides),
@@ -196,8 +201,6 @@ class Settings:
     price_staleness_threshold: int
     price_api_timeout: Decimal
     price_api_retries: int
-    optimistic_lock_retries: int
-    optimistic_lock_backoff_base: int
     rate_limit_enabled: bool
     rate_limit_default: int
     rate_limit_overrides: dict[str, int]
@@ -264,9 +267,32 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
-def require(settings: Settings, *attrs: str) -> None:
-    """Stop a process that needs a value that is optional elsewhere (e.g. the API key)."""
-    by_attr = {attr: name for attr, name, _, _ in _VARIABLES}
-    for attr in attrs:
-        if not getattr(settings, attr):
-            raise ConfigError(f"{by_attr[attr]} is required but not set")
+def require_api_keys(settings: Settings) -> Settings:
+    """The API needs at least one environment key (the other processes need none)."""
+    if not settings.valid_api_keys():
+        raise ConfigError("POSITION_MANAGER_API_KEY is required but not set (or name keys in "
+                          "POSITION_MANAGER_RATE_LIMIT_OVERRIDES)")
+    return settings
+
+
+def config_error(prog: str, exc: ConfigError) -> int:
+    """Say `<prog>: configuration error: <message>` on stderr; the exit code of a configuration error."""
+    print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def entry_point(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorator of a main() that returns an exit code: a ConfigError raised in it (by load() or
+    require_api_keys()) ends it with config_error(prog, ...), exit code 2, and no traceback."""
+
+    def decorate(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except ConfigError as exc:
+                return config_error(prog, exc)
+
+        return run
+
+    return decorate

@@ -95,8 +95,8 @@ def drop_database(settings: settings_mod.Settings, name: str) -> None:
 
 
 def mq_connect(settings: settings_mod.Settings) -> pika.BlockingConnection:
-    from consumers import rabbit
-    return rabbit.connect(settings, "bench")
+    from app import broker
+    return broker.connect(settings, "bench")
 
 
 def publish(settings: settings_mod.Settings, queue: str, bodies: list[str]) -> float:

@@ -120,7 +120,7 @@ def fills(n: int, seed: int = 3) -> list[bytes]:
 def publish(settings, queue: str, bodies: list[bytes]) -> None:
     import pika
 
-    from consumers.rabbit import connect
+    from app.broker import connect
     connection = connect(settings, "scaleout-bench")
     channel = connection.channel()
     channel.queue_declare(queue=queue, durable=True)
@@ -132,7 +132,7 @@ def publish(settings, queue: str, bodies: list[bytes]) -> None:
 
 
 def delete_queues(settings, env: dict[str, str]) -> None:
-    from consumers.rabbit import connect
+    from app.broker import connect
     connection = connect(settings, "scaleout-bench")
     for key, queue in env.items():
         if key.endswith("_QUEUE") and key.startswith("POSITION_MANAGER_"):

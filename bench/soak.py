@@ -52,7 +52,7 @@ from soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold, fo
 
 from app import db as appdb  # noqa: E402
 from app import settings as settings_mod  # noqa: E402
-from consumers import rabbit  # noqa: E402
+from app import broker  # noqa: E402
 from jobs import migrate  # noqa: E402
 
 API_KEY = "soak-key"
@@ -114,11 +114,11 @@ class Broker:
     def ensure(self, confirm: bool = False):
         if self.conn is None or not self.conn.is_open or self.channel is None or not self.channel.is_open:
             self.close()
-            self.conn = pika.BlockingConnection(rabbit.connection_parameters(self.settings, f"soak-{self.name}"))
+            self.conn = pika.BlockingConnection(broker.connection_parameters(self.settings, f"soak-{self.name}"))
             self.channel = self.conn.channel()
             for queue in (self.settings.order_queue, self.settings.position_queue, self.settings.dead_letter_queue,
                           self.settings.position_updated_queue):
-                self.channel = rabbit.declare_queue(self.conn, self.channel, self.settings, queue)
+                self.channel = broker.declare_queue(self.conn, self.channel, self.settings, queue)
             if confirm:
                 self.channel.confirm_delivery()
         return self.channel

@@ -16,10 +16,9 @@ import sys
 import time
 
 from app import logs
-from app.settings import ConfigError, load
+from app.settings import EXIT_CONFIG, entry_point, load
 
 ROLES = ("order", "position", "relay")
-CONFIG_ERROR_EXIT = 2
 STOP_GRACE_SECONDS = 30.0
 
 log = logging.getLogger("position_manager.consume")
@@ -64,9 +63,9 @@ class Supervisor:
                 code = child.poll()
                 if code is None:
                     continue
-                if code == CONFIG_ERROR_EXIT:
+                if code == EXIT_CONFIG:
                     log.error("configuration error in a child, stopping", extra={"role": role})
-                    self.stopping, exit_code = True, CONFIG_ERROR_EXIT
+                    self.stopping, exit_code = True, EXIT_CONFIG
                     break
                 self.restarts[role] += 1
                 delay = min(30.0, 0.5 * 2 ** min(self.restarts[role], 6))
@@ -92,16 +91,13 @@ class Supervisor:
         return exit_code
 
 
+@entry_point("bin/consume")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/consume", description=__doc__.splitlines()[0])
     parser.add_argument("role", nargs="?", default="all", choices=(*ROLES, "all"),
                         help="run one role in this process, or supervise all three (default)")
     args = parser.parse_args(argv)
-    try:
-        settings = load()
-    except ConfigError as exc:
-        print(f"bin/consume: configuration error: {exc}", file=sys.stderr)
-        return CONFIG_ERROR_EXIT
+    settings = load()
     if args.role != "all":
         return run_role(args.role)
     logs.setup(f"{settings.service_name}-consume", settings.log_level)

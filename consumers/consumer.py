@@ -9,19 +9,20 @@ goes quiet for a few milliseconds):
    pm.apply_batch over the bodies as one JSON array; it writes each position once per batch, in
    (asset, mode) order). When any message raises, that transaction
    is rolled back and the batch is applied again message by message, each under a SAVEPOINT (at
-   most 50 per transaction): invalid input (SQLSTATE class 22) is rolled back alone and
-   dead-lettered, its neighbours commit.
+   most 50 per transaction): invalid input (class invalid_input of app/sqlstates.py) is rolled
+   back alone and dead-lettered, its neighbours commit.
    Savepoints only on this slow path: per message they cost ~30% throughput (measured, see README)
    and more than 64 subtransactions in one transaction overflow PostgreSQL's per-backend subxid
    cache, which slows down every other session's snapshots.
 3. Commit; then dead letters are published (persistent, publisher confirms) and recorded with
    pm.record_dead_letter; then everything done is acknowledged with one `multiple` ack.
 
-Nothing is acknowledged before its commit. Transient database failures (connection lost, class
-08, deadlock, serialization, lock not available) roll back the batch and retry it: deadlocks at
-once a few times, everything else with backoff while the broker connection is kept alive; the
-messages stay unacknowledged meanwhile. A message failing for an unknown reason stays
-unacknowledged in this process and is retried with backoff; after
+Nothing is acknowledged before its commit. What a database error leads to is decided by its class
+in app/sqlstates.py: when the database is the problem (connection lost, deadlock, serialization,
+lock not available, not migrated) the batch is rolled back and retried: deadlocks at once a few
+times, everything else with backoff while the broker connection is kept alive; the messages stay
+unacknowledged meanwhile. A message failing for another reason stays unacknowledged in this
+process and is retried with backoff; after
 POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS attempts it is dead-lettered. The attempt counter is kept
 in memory, keyed by message_id (or the body's SHA-1), so it survives broker redeliveries within
 one process but not a restart of the process (see README).
@@ -41,9 +42,9 @@ from typing import Any
 import pika
 import psycopg
 
+from app import broker, sqlstates
 from app import db as appdb
 from app.settings import Settings
-from consumers import rabbit
 
 log = logging.getLogger("position_manager.consumer")
 
@@ -153,14 +154,14 @@ class QueueConsumer:
         self.db: psycopg.Connection | None = None
         self.mq: pika.BlockingConnection | None = None
         self.channel = None
-        self.publisher: rabbit.ConfirmingPublisher | None = None
+        self.publisher: broker.ConfirmingPublisher | None = None
         self.pending: list[Delivery] = []
         self.retry: list[tuple[float, Delivery]] = []
         self.attempts: dict[str, int] = {}
         self.last_arrival = 0.0
         self.commits = 0
         self.kill_after_commits = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
-        self.db_backoff = rabbit.Backoff()
+        self.db_backoff = broker.Backoff()
         # the database call of a batch runs on this thread while the main thread keeps receiving
         # and decoding the next messages (pika is used by the main thread only)
         self.worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
@@ -172,7 +173,7 @@ class QueueConsumer:
         self.stopping = True
 
     def run(self) -> None:
-        mq_backoff = rabbit.Backoff()
+        mq_backoff = broker.Backoff()
         while not self.stopping:
             try:
                 self._ensure_db()
@@ -181,7 +182,7 @@ class QueueConsumer:
                 self._connect_mq()
                 mq_backoff.reset()
                 self._consume()
-            except rabbit.BROKER_ERRORS as exc:
+            except broker.BROKER_ERRORS as exc:
                 self._drop_mq()
                 delay = mq_backoff.next_delay()
                 log.warning("broker connection lost, reconnecting", extra={
@@ -197,7 +198,7 @@ class QueueConsumer:
                 try:
                     self.mq.sleep(min(left, 0.25))
                     continue
-                except rabbit.BROKER_ERRORS:
+                except broker.BROKER_ERRORS:
                     pass  # noticed again by the caller's next broker operation
             time.sleep(min(left, 0.25))
 
@@ -221,12 +222,12 @@ class QueueConsumer:
                     return
 
     def _connect_mq(self) -> None:
-        self.mq = rabbit.connect(self.settings, f"consumer:{self.kind}")
-        self.channel = rabbit.declare_queue(self.mq, self.mq.channel(), self.settings, self.queue)
+        self.mq = broker.connect(self.settings, f"consumer:{self.kind}")
+        self.channel = broker.declare_queue(self.mq, self.mq.channel(), self.settings, self.queue)
         publish_channel = self.mq.channel()
-        publish_channel = rabbit.declare_queue(self.mq, publish_channel, self.settings,
+        publish_channel = broker.declare_queue(self.mq, publish_channel, self.settings,
                                                self.settings.dead_letter_queue)
-        self.publisher = rabbit.ConfirmingPublisher(self.mq, publish_channel)
+        self.publisher = broker.ConfirmingPublisher(self.mq, publish_channel)
         self.channel.basic_qos(prefetch_count=self.settings.consumer_prefetch)
         self.channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
@@ -248,7 +249,7 @@ class QueueConsumer:
         if self.mq is not None and self.mq.is_open:
             try:
                 self.mq.close()   # unacknowledged messages (held retries, prefetch) go back to the queue
-            except rabbit.BROKER_ERRORS:
+            except broker.BROKER_ERRORS:
                 pass
         self.worker.shutdown(wait=True)
         if self.db is not None:
@@ -323,11 +324,12 @@ class QueueConsumer:
                 self.db_backoff.reset()
                 break
             except psycopg.Error as exc:
-                if not rabbit.is_transient_db_error(exc):
+                error = sqlstates.classify(exc)
+                if not error.retry_batch:
                     raise
                 for d in todo:
                     d.result, d.failure, d.dead = None, None, None
-                if rabbit.is_deadlock(exc) and deadlocks < DEADLOCK_RETRIES:
+                if error.consumer == sqlstates.RETRY_NOW and deadlocks < DEADLOCK_RETRIES:
                     deadlocks += 1
                     log.info("deadlock or serialization failure, retrying the batch", extra={
                         "queue": self.queue, "sqlstate": exc.sqlstate, "attempt": deadlocks})
@@ -393,7 +395,7 @@ class QueueConsumer:
                 todo[ordinal - 1].result = result
             return
         except psycopg.Error as exc:
-            if rabbit.is_transient_db_error(exc):
+            if sqlstates.classify(exc).retry_batch:
                 raise
             log.info("a message of the batch failed, applying one by one", extra={
                 "queue": self.queue, "sqlstate": exc.sqlstate, "messages": len(todo)})
@@ -406,9 +408,10 @@ class QueueConsumer:
                         with self.db.transaction():
                             d.result = self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0]
                     except psycopg.Error as exc:
-                        if rabbit.is_transient_db_error(exc):
+                        error = sqlstates.classify(exc)
+                        if error.retry_batch:
                             raise
-                        if rabbit.is_invalid_input(exc):
+                        if error.consumer == sqlstates.DEAD_LETTER:
                             d.dead = (exc.diag.message_primary or str(exc), exc.sqlstate)
                         else:
                             d.failure = exc
@@ -460,7 +463,7 @@ class QueueConsumer:
                             "headers": json.dumps(_json_safe(d.properties.headers or {}))})
                 break
             except psycopg.Error as exc:
-                if not rabbit.is_transient_db_error(exc) or self.stopping:
+                if not sqlstates.classify(exc).retry_batch or self.stopping:
                     # the message is in the dead-letter queue already; losing the record is better
                     # than blocking the queue on it
                     log.error("could not record a dead letter", extra={"queue": self.queue, "error": str(exc)})

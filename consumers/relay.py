@@ -21,9 +21,9 @@ import time
 import pika
 import psycopg
 
+from app import broker, sqlstates
 from app import db as appdb
 from app.settings import Settings
-from consumers import rabbit
 
 log = logging.getLogger("position_manager.relay")
 
@@ -44,7 +44,7 @@ class OutboxRelay:
         self.listen_conn: psycopg.Connection | None = None
         self.db: psycopg.Connection | None = None
         self.mq: pika.BlockingConnection | None = None
-        self.publisher: rabbit.ConfirmingPublisher | None = None
+        self.publisher: broker.ConfirmingPublisher | None = None
         self.portfolio_pending_since: float | None = None
         self.kill_after_publish = os.environ.get(KILL_AFTER_PUBLISH_ENV) == "1"
         self.published_total = 0
@@ -61,11 +61,11 @@ class OutboxRelay:
         if self.db is None or self.db.closed or self.db.broken:
             self.db = appdb.connect(self.settings, autocommit=True)
         if self.mq is None or not self.mq.is_open:
-            self.mq = rabbit.connect(self.settings, "relay")
+            self.mq = broker.connect(self.settings, "relay")
             channel = self.mq.channel()
             for queue in self.queues.values():
-                channel = rabbit.declare_queue(self.mq, channel, self.settings, queue)
-            self.publisher = rabbit.ConfirmingPublisher(self.mq, channel)
+                channel = broker.declare_queue(self.mq, channel, self.settings, queue)
+            self.publisher = broker.ConfirmingPublisher(self.mq, channel)
             log.info("relay connected", extra={"queues": list(self.queues.values())})
 
     def _drop(self, broker: bool, database: bool) -> None:
@@ -85,25 +85,25 @@ class OutboxRelay:
     # ---- main loop -------------------------------------------------------------------------
 
     def run(self) -> None:
-        backoff = rabbit.Backoff()
+        backoff = broker.Backoff()
         while not self.stopping:
             try:
                 self._connect()
                 self._drain()
                 backoff.reset()
                 self._wait()
-            except rabbit.BROKER_ERRORS as exc:
+            except broker.BROKER_ERRORS as exc:
                 self._drop(broker=True, database=False)
                 self._pause(backoff, "broker connection lost or publish not confirmed", exc)
             except psycopg.Error as exc:
-                if not rabbit.is_transient_db_error(exc):
+                if not sqlstates.classify(exc).retry_batch:
                     raise
                 self._drop(broker=False, database=True)
                 self._pause(backoff, "database unreachable", exc)
         self._drop(broker=True, database=True)
         log.info("relay stopped", extra={"published": self.published_total})
 
-    def _pause(self, backoff: rabbit.Backoff, what: str, exc: BaseException) -> None:
+    def _pause(self, backoff: broker.Backoff, what: str, exc: BaseException) -> None:
         delay = backoff.next_delay()
         log.warning(f"{what}, retrying", extra={"error": str(exc).strip() or repr(exc),
                                                 "retry_in_seconds": round(delay, 2)})

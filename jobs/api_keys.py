@@ -16,9 +16,11 @@ import sys
 
 import psycopg
 
-from app.api.extras.keys import SCOPES, digest, new_key
+from app import sqlstates
+from app.api.keys import SCOPES, digest, new_key
 from app.db import connect, q
-from app.settings import ConfigError, load
+from app.settings import entry_point, load
+from jobs.common import database_failure
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,23 +72,21 @@ def _revoke(conn, args) -> int:
     return 0
 
 
+@entry_point("bin/api-keys")
 def main(argv: list[str] | None = None, environ=None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        settings = load(environ)
-    except ConfigError as exc:
-        print(f"bin/api-keys: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load(environ)
     command = {"create": _create, "list": _list, "revoke": _revoke}[args.command]
     try:
         with connect(settings, autocommit=True) as conn:
             return command(conn, args)
     except psycopg.Error as exc:
-        message = (exc.diag.message_primary if getattr(exc, "diag", None) else None) or " ".join(str(exc).split())
-        if exc.sqlstate is None or exc.sqlstate.startswith("08"):
-            message = f"database unreachable at {settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}: {message}"
+        error = sqlstates.classify(exc)
+        # a refused request (no such key, a live key of that name) in the SQL's own words
+        message = ((exc.diag.message_primary or str(exc).strip()) if error.http_status < 500
+                   else database_failure(exc, settings))
         print(f"bin/api-keys: failed: {message}", file=sys.stderr)
-        return 1
+        return error.job_exit
 
 
 if __name__ == "__main__":

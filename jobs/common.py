@@ -20,13 +20,12 @@ from typing import Callable
 
 import psycopg
 
-from app import logs
+from app import logs, sqlstates
 from app.db import connect, q
-from app.settings import ConfigError, Settings, load
+from app.settings import ConfigError, Settings, config_error, load
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
 EXIT_ATTENTION = 3
 EXIT_LOCKED = 75
 
@@ -54,6 +53,20 @@ class JobContext:
     log: logging.Logger
 
 
+def database_failure(exc: psycopg.Error, settings: Settings, log: logging.Logger | None = None) -> str:
+    """One line saying what went wrong with the database (logged too when a log is given): an
+    unreachable database names where it was looked for, any other error its SQLSTATE."""
+    where = f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
+    text = " ".join(str(exc).split())  # one line, whatever libpq put in it
+    if sqlstates.classify(exc) is sqlstates.UNAVAILABLE:
+        if log is not None:
+            log.error("database unreachable", extra={"error": text, "database": where})
+        return f"database unreachable at {where}: {text}"
+    if log is not None:
+        log.error("database error", extra={"error": text, "sqlstate": exc.sqlstate, "database": where})
+    return f"database error (SQLSTATE {exc.sqlstate}) on {where}: {text}"
+
+
 def parser(name: str, description: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(
         prog=f"bin/{name}", description=description,
@@ -67,13 +80,11 @@ def run(name: str, args: argparse.Namespace, body: Callable[[JobContext, argpars
     try:
         settings = load(environ)
     except ConfigError as exc:
-        print(f"bin/{name}: configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return config_error(f"bin/{name}", exc)
     logs.setup(f"position-manager-{name}", settings.log_level)
     log = logging.getLogger(f"position_manager.jobs.{name}")
     trace_id = f"{name}-{uuid.uuid4().hex[:16]}"
     logs.trace_id_var.set(trace_id)
-    where = f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
     try:
         # autocommit: every SQL call is its own transaction (cleanup commits per batch); the
         # session-level advisory lock survives those commits and dies with the connection.
@@ -90,16 +101,8 @@ def run(name: str, args: argparse.Namespace, body: Callable[[JobContext, argpars
         print(f"bin/{name}: failed: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except psycopg.Error as exc:
-        state = getattr(exc, "sqlstate", None)
-        text = " ".join(str(exc).split())  # one line, whatever libpq put in it
-        if state is None or state.startswith("08"):
-            # No SQLSTATE: the connection itself failed (refused, timeout, authentication).
-            log.error("database unreachable", extra={"error": text, "database": where})
-            print(f"bin/{name}: failed: database unreachable at {where}: {text}", file=sys.stderr)
-        else:
-            log.error("database error", extra={"error": text, "sqlstate": state, "database": where})
-            print(f"bin/{name}: failed: database error (SQLSTATE {state}) on {where}: {text}", file=sys.stderr)
-        return EXIT_FAILURE
+        print(f"bin/{name}: failed: {database_failure(exc, settings, log)}", file=sys.stderr)
+        return sqlstates.classify(exc).job_exit
     except Exception as exc:  # a bug, not an operational failure: still one clear line and exit 1
         log.exception("unexpected error")
         print(f"bin/{name}: failed: unexpected {exc.__class__.__name__}: {exc}", file=sys.stderr)

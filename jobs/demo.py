@@ -16,11 +16,13 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
+import pika
 import psycopg
 
-from app import logs
+from app import broker, logs, sqlstates
 from app.db import connect, q
-from app.settings import ConfigError, Settings, load
+from app.settings import Settings, entry_point, load
+from jobs.common import database_failure
 
 log = logging.getLogger("position_manager.demo")
 _NS = uuid.UUID("6d0c1c5e-3f0e-4d59-9a55-0d3e6f1b2a10")
@@ -85,31 +87,23 @@ def position_events(now: datetime) -> list[dict]:
 
 
 def rabbit_reachable(settings: Settings) -> bool:
-    import pika.exceptions
-
-    from consumers.rabbit import connect as mq_connect
     try:
-        mq_connect(settings, "demo-probe").close()
+        broker.connect(settings, "demo-probe").close()
         return True
-    except (pika.exceptions.AMQPError, OSError):
+    except broker.BROKER_ERRORS:
         return False
 
 
 def publish(settings: Settings, queue: str, events: list[dict]) -> None:
     """Publish persistent JSON messages with publisher confirms (an unroutable one is an error)."""
-    import pika
-
-    from consumers.rabbit import connect as mq_connect, declare_queue
-    connection = mq_connect(settings, "demo")
+    connection = broker.connect(settings, "demo")
     try:
-        channel = declare_queue(connection, connection.channel(), settings, queue)
-        channel.confirm_delivery()
-        for event in events:
-            channel.basic_publish(
-                exchange="", routing_key=queue, body=json.dumps(event).encode(), mandatory=True,
-                properties=pika.BasicProperties(content_type="application/json", delivery_mode=2,
-                                                message_id=event["event_id"],
-                                                headers={"trace_id": event.get("trace_id")}))
+        channel = broker.declare_queue(connection, connection.channel(), settings, queue)
+        broker.ConfirmingPublisher(connection, channel).publish_all(
+            (queue, json.dumps(event).encode(),
+             pika.BasicProperties(content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
+                                  message_id=event["event_id"], headers={"trace_id": event.get("trace_id")}))
+            for event in events)
     finally:
         connection.close()
 
@@ -137,6 +131,7 @@ def wait_for(conn: psycopg.Connection, symbols: set[str], deadline: float, price
         time.sleep(0.2)
 
 
+@entry_point("bin/demo")
 def main(argv: list[str] | None = None, environ=None) -> int:
     parser = argparse.ArgumentParser(prog="bin/demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--via", choices=["auto", "queue", "sql"], default="auto",
@@ -144,11 +139,7 @@ def main(argv: list[str] | None = None, environ=None) -> int:
     parser.add_argument("--wait", type=float, default=20.0,
                         help="seconds to wait for bin/consume to apply queued events (default 20)")
     args = parser.parse_args(argv)
-    try:
-        settings = load(environ)
-    except ConfigError as exc:
-        print(f"bin/demo: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load(environ)
     logs.setup("position-manager-demo", settings.log_level)
     now = datetime.now(timezone.utc).replace(microsecond=0)
     orders, positions = order_events(now), position_events(now)
@@ -173,9 +164,8 @@ def main(argv: list[str] | None = None, environ=None) -> int:
                 problems += apply_sql(conn, "apply_position_event", positions)
             portfolio = conn.execute(q("demo_portfolio")).fetchone()[0]
     except psycopg.Error as exc:
-        where = f"{settings.postgres_host}:{settings.postgres_port}/{settings.postgres_db}"
-        print(f"bin/demo: failed: database error on {where}: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 1
+        print(f"bin/demo: failed: {database_failure(exc, settings)}", file=sys.stderr)
+        return sqlstates.classify(exc).job_exit
     except Exception as exc:  # pika errors: say what failed, never a traceback for a demo
         print(f"bin/demo: failed: {exc.__class__.__name__}: {exc}", file=sys.stderr)
         return 1

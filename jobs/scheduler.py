@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from app import logs
-from app.settings import ConfigError, Settings, load
+from app.settings import Settings, entry_point, load
 
 BIN = Path(__file__).resolve().parent.parent / "bin"
 log = logging.getLogger("position_manager.scheduler")
@@ -76,17 +76,14 @@ class Scheduler:
         log.info("scheduler stopped")
 
 
+@entry_point("bin/scheduler")
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bin/scheduler", description=__doc__.split("\n\n")[0])
     parser.add_argument("--once", action="store_true", help="run every job once, in order, and exit")
     parser.add_argument("--only", action="append", choices=[job for job, _, _ in SCHEDULE],
                         help="schedule only this job (repeatable)")
     args = parser.parse_args(argv)
-    try:
-        settings = load()
-    except ConfigError as exc:
-        print(f"bin/scheduler: configuration error: {exc}", file=sys.stderr)
-        return 2
+    settings = load()
     logs.setup("position-manager-scheduler", settings.log_level)
     stop = threading.Event()
     scheduler = Scheduler(settings, args.only or [job for job, _, _ in SCHEDULE], stop)

@@ -16,7 +16,7 @@ from app.api import errors, extras, resources
 from app.api.cache import PortfolioCache
 from app.api.health import BrokerProbe, HealthResource
 from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
-from app.settings import ConfigError, Settings, load
+from app.settings import Settings, load, require_api_keys
 
 # Waiting longer than this for a pooled connection means the database is in trouble: answer 503.
 POOL_TIMEOUT_SECONDS = 3.0
@@ -58,9 +58,9 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
 class RecentUseCheck:
     """Pool `check`: a round trip only for a connection idle longer than `idle_seconds`.
 
-    app.db.make_pool checks every connection on every checkout (an empty query). The API checks
-    out once per request, so that would be one extra round trip per request; a connection that
-    served a request a moment ago is trusted instead. If the server died in that moment, the
+    ConnectionPool.check_connection runs an empty query on every checkout. The API checks out once
+    per request, so that would be one extra round trip per request; a connection that served a
+    request a moment ago is trusted instead. If the server died in that moment, the
     request fails with 503 + Retry-After and the pool discards the broken connection.
     """
 
@@ -80,7 +80,7 @@ class RecentUseCheck:
 
 
 def make_api_pool(settings: Settings, statement_timeout_ms: int = STATEMENT_TIMEOUT_MS) -> ConnectionPool:
-    """The worker's pool: as app.db.make_pool (same connection settings), one connection per
+    """The worker's pool: the connection settings of app.db.connect, one connection per
     gunicorn thread at least, the cheaper RecentUseCheck, and a statement timeout so that a
     request never holds a gunicorn thread longer than that (57014 -> 503 + Retry-After)."""
     check = RecentUseCheck()
@@ -101,9 +101,6 @@ def make_api_pool(settings: Settings, statement_timeout_ms: int = STATEMENT_TIME
 
 def get_app() -> falcon.App:
     """gunicorn entry point (`app.api:get_app()`): settings from the environment, JSON logs, a pool."""
-    settings = load()
-    if not settings.valid_api_keys():
-        raise ConfigError("POSITION_MANAGER_API_KEY is required but not set (or name keys in "
-                          "POSITION_MANAGER_RATE_LIMIT_OVERRIDES)")
+    settings = require_api_keys(load())
     logs.setup(settings.service_name, settings.log_level)
     return create_app(make_api_pool(settings), settings)

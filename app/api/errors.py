@@ -1,11 +1,10 @@
 """The one place that turns exceptions into HTTP statuses and the JSON error body.
 
-Every error response is `{"error_code", "message", "trace_id"}`. SQLSTATEs map to statuses here
-and nowhere else (the PostgREST rule): class 22 (invalid input, raised by the SQL functions with a
-message naming the field) -> 400, P0002 (no such position) -> 404, PM412 (version check) -> 412,
-lock/serialization conflicts -> 409 (retry), 23505/55000 (exists / wrong state) -> 409, a
-database that cannot be reached -> 503 with Retry-After. Anything else is a bug: 500, logged
-with its traceback, and the message does not leak internals.
+Every error response is `{"error_code", "message", "trace_id"}`. A database error gets the HTTP
+status and error_code of its class in app/sqlstates.py (invalid input 400 with the SQL's message
+naming the field, not found 404, version mismatch 412, conflicts 409, a database that cannot be
+reached or did not answer in time 503 with Retry-After); this module only words the message.
+Anything else is a bug: 500, logged with its traceback, and the message does not leak internals.
 """
 from __future__ import annotations
 
@@ -16,14 +15,12 @@ import falcon
 import psycopg
 from psycopg_pool import PoolTimeout, TooManyRequests
 
+from app import sqlstates
+
 log = logging.getLogger("position_manager.api")
 
 # How long a client should wait before retrying when the database is unreachable (seconds).
 DATABASE_RETRY_AFTER = 5
-
-_CONFLICT_STATES = {"40001", "40P01", "55P03"}
-# Server shutting down / cannot connect now / too many connections: the database is unavailable.
-_UNAVAILABLE_STATES = {"57P01", "57P02", "57P03", "53300"}
 
 _CODES_BY_STATUS = {
     400: "invalid_parameter",
@@ -65,29 +62,29 @@ def not_found(message: str) -> ApiError:
 
 
 def database_unavailable(detail: str = "the database is unreachable") -> ApiError:
-    return ApiError(503, "database_unavailable", f"{detail}; retry later",
+    return ApiError(sqlstates.UNAVAILABLE.http_status, sqlstates.UNAVAILABLE.error_code, f"{detail}; retry later",
                     {"Retry-After": str(DATABASE_RETRY_AFTER)})
 
 
-def _from_database(exc: psycopg.Error) -> ApiError | None:
-    state = exc.sqlstate or ""
-    message = (exc.diag.message_primary if exc.diag else None) or str(exc).strip()
-    if state.startswith("22"):
-        return ApiError(400, "invalid_parameter", message)
-    if state == "P0002":
-        return not_found(message)
-    if state == "PM412":  # an If-Match version that is not the current one (sql/0040)
-        return ApiError(412, "precondition_failed", message)
-    if state in ("55000", "23505"):  # nothing to close / a live API key of that name exists
-        return ApiError(409, "conflict", message)
-    if state in _CONFLICT_STATES:
-        return ApiError(409, "conflict", f"{message}; retry the request")
-    if state == "57014":  # statement_timeout (make_api_pool): overloaded or a pathological query
-        return ApiError(503, "database_timeout", "the database did not answer in time; retry later",
+def internal_error() -> ApiError:
+    return ApiError(500, "internal_error", "internal error; see the service log for this trace_id")
+
+
+def _from_database(exc: psycopg.Error) -> ApiError:
+    """The class of the error (app/sqlstates.py) gives status and code; the message is worded here."""
+    error = sqlstates.classify(exc)
+    if error is sqlstates.UNAVAILABLE:
+        pool_empty = isinstance(exc, (PoolTimeout, TooManyRequests))
+        return database_unavailable("no database connection available" if pool_empty else "the database is unreachable")
+    if error is sqlstates.TIMEOUT:  # statement_timeout (make_api_pool): overloaded or a pathological query
+        return ApiError(error.http_status, error.error_code, "the database did not answer in time; retry later",
                         {"Retry-After": str(DATABASE_RETRY_AFTER)})
-    if state.startswith("08") or state in _UNAVAILABLE_STATES or isinstance(exc, psycopg.OperationalError):
-        return database_unavailable()
-    return None
+    if error.http_status == 500:
+        return internal_error()
+    message = exc.diag.message_primary or str(exc).strip()
+    if error in (sqlstates.SERIALIZATION, sqlstates.LOCK_NOT_AVAILABLE):
+        message += "; retry the request"
+    return ApiError(error.http_status, error.error_code, message)
 
 
 def classify(exc: BaseException) -> ApiError:
@@ -103,13 +100,9 @@ def classify(exc: BaseException) -> ApiError:
         elif status == 405:
             message = "method not allowed here; allowed: " + (exc.headers or {}).get("Allow", "")
         return ApiError(status, code, message, dict(exc.headers or {}))
-    if isinstance(exc, (PoolTimeout, TooManyRequests)):
-        return database_unavailable("no database connection available")
     if isinstance(exc, psycopg.Error):
-        mapped = _from_database(exc)
-        if mapped is not None:
-            return mapped
-    return ApiError(500, "internal_error", "internal error; see the service log for this trace_id")
+        return _from_database(exc)
+    return internal_error()
 
 
 def error_body(error: ApiError, trace_id: str | None) -> str:

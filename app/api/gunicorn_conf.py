@@ -7,15 +7,12 @@ bin/serve (e.g. --bind 127.0.0.1:9000) override these values.
 """
 import sys
 
-from app.settings import ConfigError, load
+from app.settings import ConfigError, config_error, load, require_api_keys
 
 try:
-    _settings = load()
-    if not _settings.valid_api_keys():
-        raise ConfigError("POSITION_MANAGER_API_KEY is required but not set")
+    _settings = require_api_keys(load())
 except ConfigError as exc:
-    print(f"bin/serve: configuration error: {exc}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(config_error("bin/serve", exc))
 
 wsgi_app = "app.api:get_app()"
 bind = [f"0.0.0.0:{_settings.port}"]

@@ -6,7 +6,6 @@ always returned to the pool and every response carries X-Trace-Id and gets its a
 """
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import re
@@ -19,6 +18,7 @@ from psycopg_pool import ConnectionPool
 
 from app import logs
 from app.api.errors import ApiError
+from app.api.keys import digest
 from app.db import q
 
 access_log = logging.getLogger("position_manager.api.access")
@@ -80,10 +80,6 @@ def connection(req: falcon.Request) -> psycopg.Connection:
     return conn
 
 
-def key_hash(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8")).hexdigest()
-
-
 class AuthMiddleware:
     """X-API-Key against every valid key, in constant time (no early exit on a match)."""
 
@@ -109,11 +105,21 @@ class AuthMiddleware:
         req.context.api_key = matched
 
 
+def actor(req: falcon.Request) -> str:
+    """Who asked, for the audit trail: a stored key's name, else the environment key's digest
+    prefix, never the key."""
+    stored = req.context.get("stored_key")
+    if stored:
+        return f"key:{stored.name}"
+    key = req.context.get("api_key")
+    return "api:" + digest(key)[:12] if key else "api"
+
+
 class RateLimitMiddleware:
     """Per-key requests/minute, counted in PostgreSQL (pm.rate_limit_hit): exact across workers and hosts."""
 
     def __init__(self, limits: dict[str, int]):
-        self.limits = {key: (limit, key_hash(key)) for key, limit in limits.items()}
+        self.limits = {key: (limit, digest(key)) for key, limit in limits.items()}
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         key = req.context.api_key

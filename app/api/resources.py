@@ -14,7 +14,7 @@ import falcon
 from app.api import params
 from app.api.cache import PortfolioCache
 from app.api.errors import not_found
-from app.api.middleware import connection, key_hash
+from app.api.middleware import actor, connection
 from app.db import q
 
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
@@ -22,24 +22,17 @@ POSITIONS_LIMIT_MAX = 10000
 SNAPSHOTS_LIMIT_MAX = 1000
 
 
-def _json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
+def send_json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
+    """A JSON body as SQL built it (text), sent as it is."""
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
     resp.text = body
 
 
-def _one(req: falcon.Request, name: str, args: dict) -> str:
-    (body,) = connection(req).execute(q(name), args).fetchone()
-    return body
-
-
-def _actor(req: falcon.Request) -> str:
-    """Who asked, for the audit trail: a stored key's name (app/api/extras), else the key's hash
-    prefix, never the key."""
-    stored = req.context.get("stored_key")
-    if stored:
-        return f"key:{stored.name}"
-    return "api:" + key_hash(req.context.api_key)[:12] if req.context.api_key else "api"
+def call_one(req: falcon.Request, name: str, args: dict):
+    """The one value of the one row of the named query, on the request's connection."""
+    (result,) = connection(req).execute(q(name), args).fetchone()
+    return result
 
 
 def _etag_matches(header: str | None, etag: str) -> bool:
@@ -68,7 +61,7 @@ class PositionsResource:
             "limit": params.integer(req, "limit", default=1000, minimum=0, maximum=POSITIONS_LIMIT_MAX),
             "offset": params.integer(req, "offset", default=0, minimum=0),
         }
-        _json(resp, _one(req, "api_list_positions", args))
+        send_json(resp, call_one(req, "api_list_positions", args))
 
 
 class PositionResource:
@@ -88,7 +81,7 @@ class PositionResource:
         if _etag_matches(req.get_header("If-None-Match"), etag):
             resp.status = falcon.HTTP_304
             return
-        _json(resp, body)
+        send_json(resp, body)
 
 
 class ValidateResource:
@@ -98,8 +91,8 @@ class ValidateResource:
         params.only(req, "mode", "fix_discrepancies")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req),
                 "fix": params.boolean(req, "fix_discrepancies", False),
-                "trace": req.context.trace_id, "actor": _actor(req)}
-        _json(resp, _one(req, "api_validate_position", args))
+                "trace": req.context.trace_id, "actor": actor(req)}
+        send_json(resp, call_one(req, "api_validate_position", args))
 
 
 class SnapshotResource:
@@ -108,7 +101,7 @@ class SnapshotResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "trace": req.context.trace_id}
-        _json(resp, _one(req, "api_snapshot_position", args), falcon.HTTP_201)
+        send_json(resp, call_one(req, "api_snapshot_position", args), falcon.HTTP_201)
 
 
 class SnapshotsResource:
@@ -124,7 +117,7 @@ class SnapshotsResource:
             "from": params.timestamp(req, "from"),
             "to": params.timestamp(req, "to"),
         }
-        _json(resp, _one(req, "api_list_snapshots", args))
+        send_json(resp, call_one(req, "api_list_snapshots", args))
 
 
 class PortfolioResource:
@@ -142,7 +135,7 @@ class PortfolioResource:
         def compute(conn):
             return tuple(conn.execute(q(query), {"asset": asset}).fetchone())
 
-        _json(resp, self.cache.get(("portfolio", asset, include), connection(req), compute))
+        send_json(resp, self.cache.get(("portfolio", asset, include), connection(req), compute))
 
 
 class PortfolioPartResource:
@@ -161,7 +154,7 @@ class PortfolioPartResource:
             metrics = json.loads(body)
             return fingerprint, json.dumps({name: metrics[name] for name in self.fields})
 
-        _json(resp, self.cache.get((self.part,), connection(req), compute))
+        send_json(resp, self.cache.get((self.part,), connection(req), compute))
 
 
 class OpenApiResource:
@@ -180,4 +173,4 @@ class SelectOneResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         (value,) = connection(req).execute(q("api_select_one")).fetchone()
-        _json(resp, '{"value": %d}' % value)
+        send_json(resp, '{"value": %d}' % value)

@@ -155,8 +155,8 @@ class Pipeline:
 
     def declare(self, queue: str) -> None:
         """Declare a queue the way the service does (the position queue with ws-gateway's arguments)."""
-        from consumers import rabbit
-        self.mq.channel().queue_declare(queue, durable=True, arguments=rabbit.queue_arguments(self.settings, queue))
+        from app import broker
+        self.mq.channel().queue_declare(queue, durable=True, arguments=broker.queue_arguments(self.settings, queue))
 
     def publish(self, queue: str, body: Any, message_id: str | None = None, headers: dict | None = None) -> None:
         """As the real producers do: default exchange, routing key = queue name, persistent."""

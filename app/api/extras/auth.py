@@ -13,7 +13,7 @@ from typing import Callable
 import falcon
 
 from app.api.errors import ApiError
-from app.api.extras.keys import digest, scope_allows
+from app.api.keys import digest, scope_allows
 from app.api.middleware import connection
 from app.db import q
 
@@ -50,15 +50,6 @@ def key_scope(req: falcon.Request) -> str | None:
         return None
     stored = req.context.get("stored_key")
     return stored.scope if stored else "admin"
-
-
-def actor(req: falcon.Request) -> str:
-    """Who did it, for the audit trail: the stored key's name, or the environment key's digest prefix."""
-    stored = req.context.get("stored_key")
-    if stored:
-        return f"key:{stored.name}"
-    key = req.context.get("api_key")
-    return "api:" + digest(key)[:12] if key else "api"
 
 
 # (method, route template) -> the scope it needs; a callable decides from the request.

@@ -11,28 +11,15 @@ import falcon
 
 from app.api import params
 from app.api.errors import ApiError, bad_parameter
-from app.api.extras.auth import actor
-from app.api.extras.keys import SCOPES, digest, new_key
-from app.api.middleware import connection
-from app.api.resources import PositionResource
-from app.db import q
+from app.api.keys import SCOPES, digest, new_key
+from app.api.middleware import actor
+from app.api.resources import PositionResource, call_one, send_json
 
 HISTORY_LIMIT_MAX = 1000
 PRICES_MAX_SYMBOLS = 1000
 # Bodies are small JSON objects; anything larger is a mistake (or an attack).
 BODY_MAX_BYTES = 256 * 1024
 _IF_MATCH = re.compile(r'^(W/)?"(\d{1,10})"$')
-
-
-def _json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
-    resp.status = status
-    resp.content_type = falcon.MEDIA_JSON
-    resp.text = body
-
-
-def _one(req: falcon.Request, name: str, args: dict):
-    (result,) = connection(req).execute(q(name), args).fetchone()
-    return result
 
 
 def json_body(req: falcon.Request, *, required: bool = True):
@@ -78,15 +65,15 @@ class PositionExtResource(PositionResource):
             return super().on_get(req, resp, asset)
         params.only(req, "mode", "as_of")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "as_of": params.timestamp(req, "as_of")}
-        _json(resp, _one(req, "extras_position_as_of", args))
+        send_json(resp, call_one(req, "extras_position_as_of", args))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "patch": json.dumps(json_body(req)),
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
-        result = json.loads(_one(req, "extras_update_position_meta", args))
+        result = json.loads(call_one(req, "extras_update_position_meta", args))
         _set_etag(resp, result["position"])
-        _json(resp, json.dumps(result["position"]))
+        send_json(resp, json.dumps(result["position"]))
 
 
 class CloseResource:
@@ -99,9 +86,9 @@ class CloseResource:
             raise bad_parameter("exit_price", f"must be > 0, got {req.get_param('exit_price')!r}")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "exit_price": exit_price,
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
-        body = _one(req, "extras_close_position", args)
+        body = call_one(req, "extras_close_position", args)
         _set_etag(resp, json.loads(body)["position"])
-        _json(resp, body)
+        send_json(resp, body)
 
 
 class PricesResource:
@@ -115,7 +102,7 @@ class PricesResource:
         if len(prices) > PRICES_MAX_SYMBOLS:
             raise bad_parameter("body", f"at most {PRICES_MAX_SYMBOLS} symbols per request, got {len(prices)}")
         args = {"prices": json.dumps(prices), "trace": req.context.trace_id, "actor": actor(req)}
-        _json(resp, _one(req, "extras_set_prices", args))
+        send_json(resp, call_one(req, "extras_set_prices", args))
 
 
 class SummaryResource:
@@ -123,7 +110,7 @@ class SummaryResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params.only(req)
-        _json(resp, _one(req, "extras_trade_statistics", {}))
+        send_json(resp, call_one(req, "extras_trade_statistics", {}))
 
 
 class HistoryResource:
@@ -134,7 +121,7 @@ class HistoryResource:
         args = {"asset": params.asset_value(asset), "mode": params.mode(req),
                 "limit": params.integer(req, "limit", default=100, minimum=1, maximum=HISTORY_LIMIT_MAX),
                 "offset": params.integer(req, "offset", default=0, minimum=0)}
-        _json(resp, _one(req, "extras_position_history", args))
+        send_json(resp, call_one(req, "extras_position_history", args))
 
 
 class ApiKeysResource:
@@ -142,8 +129,8 @@ class ApiKeysResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         params.only(req, "include_revoked")
-        result = _one(req, "extras_api_key_list", {"include_revoked": params.boolean(req, "include_revoked", False)})
-        _json(resp, json.dumps(result))
+        result = call_one(req, "extras_api_key_list", {"include_revoked": params.boolean(req, "include_revoked", False)})
+        send_json(resp, json.dumps(result))
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         params.only(req)
@@ -162,9 +149,9 @@ class ApiKeysResource:
                                        or not 0 < rate_limit <= 2**31 - 1):
             raise bad_parameter("rate_limit", f"expected a positive integer (requests per minute), got {rate_limit!r}")
         key = new_key()
-        created = _one(req, "extras_api_key_create",
+        created = call_one(req, "extras_api_key_create",
                        {"name": name, "key_hash": digest(key), "scope": scope, "rate_limit": rate_limit})
-        _json(resp, json.dumps({**created, "key": key}), falcon.HTTP_201)
+        send_json(resp, json.dumps({**created, "key": key}), falcon.HTTP_201)
 
 
 class ApiKeyResource:
@@ -172,4 +159,4 @@ class ApiKeyResource:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         params.only(req)
-        _json(resp, json.dumps(_one(req, "extras_api_key_revoke", {"name": name})))
+        send_json(resp, json.dumps(call_one(req, "extras_api_key_revoke", {"name": name})))

@@ -1,4 +1,5 @@
-"""API keys of pm.api_keys: how a key is made and how it is stored (its SHA-256 digest).
+"""API keys: how a stored key (pm.api_keys) is made, how every key is hashed (its SHA-256
+digest: what pm.api_keys stores and what rate limits are counted under), and the scopes.
 
 The key is 32 random bytes (secrets.token_urlsafe), prefixed so that it is recognisable in a
 config file. Only its SHA-256 hex digest reaches the database: with 256 bits of entropy a slow

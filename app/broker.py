@@ -1,5 +1,6 @@
-"""RabbitMQ plumbing shared by the consumers and the relay: connection parameters, queue
-declarations, backoff, classification of errors, and a publisher with pipelined confirms."""
+"""RabbitMQ plumbing for every process that talks to the broker (the consumers, the relay,
+bin/demo): connection parameters, queue declarations, backoff, what a broker failure looks like,
+and a publisher with pipelined confirms. What a database error means is app/sqlstates.py."""
 from __future__ import annotations
 
 import logging
@@ -9,17 +10,14 @@ from typing import Any, Iterable
 
 import pika
 import pika.exceptions
-import psycopg
-import psycopg.errors
 
 from app.settings import Settings
 
-log = logging.getLogger("position_manager.rabbit")
+log = logging.getLogger("position_manager.broker")
 
 # ws-gateway declares the position queue with exactly these arguments; a declaration
 # with other arguments is refused by the broker (406 PRECONDITION_FAILED) and closes the channel.
 POSITION_QUEUE_ARGUMENTS = {"x-message-ttl": 86400000, "x-max-length": 100000, "x-overflow": "drop-head"}
-
 
 
 def connection_parameters(settings: Settings, name: str) -> pika.ConnectionParameters:
@@ -75,35 +73,6 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
-
-
-# SQLSTATEs after which the same work may succeed when tried again: serialization failure,
-# deadlock, lock not available, the server shutting down or not accepting connections yet,
-# insufficient resources. Class 08 (connection exception) is matched by prefix.
-TRANSIENT_SQLSTATES = {"40001", "40P01", "55P03", "57P01", "57P02", "57P03", "53000", "53100", "53200", "53300"}
-
-
-# Classes that mean the database does not have what we call (not migrated, wrong privileges,
-# wrong schema): a deployment problem, never the message's fault, so never a dead letter.
-ENVIRONMENT_SQLSTATE_CLASSES = ("42", "3F")
-
-
-def is_transient_db_error(exc: BaseException) -> bool:
-    """True when the database (not the message) is the problem: retry later, do not ack."""
-    state = getattr(exc, "sqlstate", None)
-    if state is None:
-        # connection refused / lost / closed: psycopg raises these without a SQLSTATE
-        return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-    return state.startswith(("08", *ENVIRONMENT_SQLSTATE_CLASSES)) or state in TRANSIENT_SQLSTATES
-
-
-def is_invalid_input(exc: BaseException) -> bool:
-    """SQLSTATE class 22 (data exception): the message itself is bad, retrying cannot help."""
-    return (getattr(exc, "sqlstate", None) or "").startswith("22")
-
-
-def is_deadlock(exc: BaseException) -> bool:
-    return getattr(exc, "sqlstate", None) in ("40001", "40P01")
 
 
 class PublishError(RuntimeError):
