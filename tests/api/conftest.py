@@ -18,17 +18,12 @@ import requests
 from falcon import testing
 
 from app.api import create_app, make_api_pool
+from tests.pipeline.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"
 KEY_A = "key-a"
 KEY_B = "key-b"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

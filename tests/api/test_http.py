@@ -12,7 +12,8 @@ from falcon import testing
 
 from app import logs
 from app.api.health import BrokerProbe
-from tests.api.conftest import API_KEY, KEY_A, free_port
+from tests.api.conftest import API_KEY, KEY_A
+from tests.pipeline.servers import free_port
 from tests.sql.calls import fill
 
 ROUTES = [

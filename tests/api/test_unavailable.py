@@ -6,7 +6,8 @@ import time
 
 import requests
 
-from tests.api.conftest import API_KEY, free_port, server_environ
+from tests.api.conftest import API_KEY, server_environ
+from tests.pipeline.servers import free_port
 from tests.sql.calls import fill
 
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from app.db import q
 from tests.conftest import base_environ
+from tests.sql import calls
 
 
 def bybit_body(prices: dict[str, str], ret_code: int = 0, ret_msg: str = "OK") -> dict:
@@ -89,21 +88,14 @@ def job_env(settings):
 
 def fill(db, asset: str, side: str, qty: str, price: str, fee: str = "0", at: str | None = None,
          mode: str | None = None, position_idx: int | None = None) -> dict:
-    """Apply one per-execution fill (order event shape A) through the SQL core."""
-    event = {"event_id": str(uuid.uuid4()), "event_type": "order_executed", "execution_id": str(uuid.uuid4()),
-             "order_id": str(uuid.uuid4()), "asset": asset, "side": side, "execution_quantity": qty,
-             "execution_price": price, "execution_fees": fee,
-             "executed_at": at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    if mode:
-        event["mode"] = mode
-    if position_idx is not None:
-        event["position_idx"] = position_idx
-    return db.execute(q("apply_order_event"), {"event": json.dumps(event)}).fetchone()[0]
+    """One execution through the SQL core (tests/sql/calls.py), executed now unless `at` says when."""
+    return calls.fill(db, asset, side, qty, price, fee=fee, mode=mode, position_idx=position_idx,
+                      at=at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
 
 
 def set_price(db, asset: str, price: str, age_seconds: int = 0) -> None:
     """Give every position of asset a price that was set age_seconds ago."""
-    db.execute(q("job_set_prices"), {"prices": json.dumps({asset: price}), "trace": "test", "actor": "test"})
+    calls.set_prices(db, {asset: price})
     if age_seconds:
         db.execute("UPDATE public.positions SET price_updated_at = price_updated_at - make_interval(secs => %s) "
                    "WHERE asset = %s", (age_seconds, asset))

@@ -8,7 +8,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -21,17 +20,12 @@ import psutil
 import pytest
 
 from tests.conftest import base_environ
+from tests.pipeline.servers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE_SETTINGS = ["POSITION_MANAGER_ORDER_QUEUE", "POSITION_MANAGER_POSITION_QUEUE",
                   "POSITION_MANAGER_DEAD_LETTER_QUEUE", "POSITION_MANAGER_POSITION_UPDATED_QUEUE",
                   "POSITION_MANAGER_PORTFOLIO_UPDATED_QUEUE", "POSITION_MANAGER_SNAPSHOT_CREATED_QUEUE"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DevRun:
