@@ -7,6 +7,7 @@ queries.sql (`-- name: apply_order_event`), almost always `SELECT pm.some_functi
 from __future__ import annotations
 
 import re
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -33,6 +34,22 @@ def queries() -> dict[str, str]:
 
 def q(name: str) -> str:
     return queries()[name]
+
+
+@contextmanager
+def write_transaction(conn: psycopg.Connection):
+    """One write transaction whose first statement takes the upgrade gate (queries.sql:
+    upgrade_gate): while bin/migrate upgrades the schema this waits, so the transaction runs wholly
+    on the functions before the upgrade or wholly on those after it, never on a mix."""
+    with conn.transaction():
+        conn.execute(q("upgrade_gate"))
+        yield conn
+
+
+def write(conn: psycopg.Connection, name: str, args: dict | None = None):
+    """The first row of one named statement that writes, in a write transaction of its own."""
+    with write_transaction(conn):
+        return conn.execute(q(name), args or {}).fetchone()
 
 
 def connect(settings: Settings, dbname: str | None = None, **kwargs) -> psycopg.Connection:

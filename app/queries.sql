@@ -9,6 +9,78 @@ SELECT pm.apply_order_event(%(event)s::jsonb)
 -- One message body of the position queue, applied in the caller's transaction.
 SELECT pm.apply_position_event(%(event)s::jsonb)
 
+-- name: upgrade_gate
+-- The first statement of every write transaction of the service: waits while bin/migrate upgrades
+-- the schema (it holds pm.upgrade_gate ACCESS EXCLUSIVE), so that a transaction runs wholly on the
+-- functions before an upgrade or wholly on those after it (docs/migrations.md).
+LOCK TABLE pm.upgrade_gate IN ACCESS SHARE MODE
+
+-- name: schema_version
+-- {"migration", "code", "version", "code_applied_at"}: what the database was upgraded to (/health, bin/migrate --check).
+SELECT pm.schema_version()
+
+-- ===== Migrations: bin/migrate (jobs/migrate.py); one transaction per upgrade =====
+
+-- name: migrate_lock_timeout
+-- How long the upgrade waits for a lock (the gate, a view being read) before it gives up and rolls back.
+SELECT set_config('lock_timeout', %(ms)s::text || 'ms', true)
+
+-- name: migrate_has_gate
+-- Whether the upgrade gate exists yet (a database from before the code layer has none).
+SELECT to_regclass('pm.upgrade_gate') IS NOT NULL
+
+-- name: migrate_take_gate
+-- Held to the commit: write transactions of the service wait here, in-flight ones finish first.
+LOCK TABLE pm.upgrade_gate IN ACCESS EXCLUSIVE MODE
+
+-- name: migrate_has_code_table
+-- Whether pm.schema_code exists yet.
+SELECT to_regclass('pm.schema_code') IS NOT NULL
+
+-- name: migrate_has_schema_version
+-- Whether pm.schema_version() exists yet (a database from before the code layer has none).
+SELECT to_regprocedure('pm.schema_version()') IS NOT NULL
+
+-- name: migrate_applied_code
+-- {file: checksum} of the repeatable files as last applied.
+SELECT file, checksum FROM pm.schema_code
+
+-- name: migrate_applied_ids
+-- Ids of the numbered migrations this database has applied (yoyo's bookkeeping; search_path is pm).
+SELECT migration_id FROM pm._yoyo_migration
+
+-- name: migrate_record_code
+-- A repeatable file was applied with this content.
+INSERT INTO pm.schema_code (file, checksum) VALUES (%(file)s, %(checksum)s)
+ON CONFLICT (file) DO UPDATE SET checksum = excluded.checksum, applied_at = now()
+
+-- name: migrate_forget_code
+-- Bookkeeping rows of repeatable files that no longer exist (all of them when given none).
+DELETE FROM pm.schema_code WHERE NOT (file = ANY (%(files)s::text[]))
+
+-- name: migrate_drop_code_layer
+-- Before a rollback: every function, procedure and view of schema pm (the code layer, which the
+-- next bin/migrate re-applies whole), so that the numbered rollbacks can drop tables and types.
+DO $$
+DECLARE
+    stmts text[];
+    stmt text;
+BEGIN
+    -- the names first: a CASCADE below may drop objects listed after it
+    SELECT array_agg(s) INTO stmts FROM (
+        SELECT format('DROP VIEW IF EXISTS %s CASCADE', c.oid::regclass) AS s
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'pm' AND c.relkind = 'v'
+        UNION ALL
+        SELECT format('DROP ROUTINE IF EXISTS %s CASCADE', p.oid::regprocedure)
+          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE n.nspname = 'pm') x;
+    FOREACH stmt IN ARRAY coalesce(stmts, '{}') LOOP
+        EXECUTE stmt;
+    END LOOP;
+END
+$$
+
 -- ===== Operations: the cron-style jobs of jobs/ (bin/snapshot, bin/cleanup-snapshots, ...) =====
 
 -- name: job_try_lock
@@ -44,13 +116,10 @@ SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%(key_hash)s, %(limit)s)
 
 -- name: api_get_position
--- One Position (pm.position_json, as pm.get_position builds it) as JSON text plus its version (ETag);
--- no row when absent. Reads the view directly rather than calling pm.get_position: a SQL function
--- with a FROM clause is re-planned on every call (~0.8 ms here), this statement is prepared once
--- per connection. asset arrives upper-cased.
-SELECT pm.position_json(v)::text AS body, v.version
-  FROM pm.v_positions v
- WHERE v.asset = %(asset)s AND v.mode = %(mode)s
+-- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when absent.
+SELECT p::text AS body, (p ->> 'version')::integer AS version
+  FROM pm.get_position(%(asset)s, %(mode)s) p
+ WHERE p IS NOT NULL
 
 -- name: api_list_positions
 -- GET /api/v1/positions: filters and pagination, {"positions", "count", "total"} as JSON text.
@@ -72,23 +141,18 @@ SELECT pm.list_snapshots(%(asset)s, %(mode)s, %(limit)s, %(offset)s, %(from)s, %
 -- PortfolioMetrics (optionally of one asset) and the positions fingerprint (see
 -- api_positions_fingerprint) in one snapshot, so that the per-process cache can tell later whether
 -- anything changed since.
-SELECT (SELECT count(*) || ':' || coalesce(sum(p.version), 0) FROM public.positions p) AS fingerprint,
-       pm.portfolio_json(%(asset)s)::text AS body
+SELECT pm.positions_fingerprint() AS fingerprint, pm.portfolio_json(%(asset)s)::text AS body
 
 -- name: api_portfolio_with_positions
 -- As api_portfolio, plus "positions": the open positions (of the asset, when given).
-SELECT (SELECT count(*) || ':' || coalesce(sum(p.version), 0) FROM public.positions p) AS fingerprint,
+SELECT pm.positions_fingerprint() AS fingerprint,
        (pm.portfolio_json(%(asset)s)
         || jsonb_build_object('positions',
                               pm.list_positions(%(asset)s, NULL, NULL, NULL, 'open', NULL, 0) -> 'positions'))::text AS body
 
 -- name: api_positions_fingerprint
--- "<number of positions>:<sum of their versions>": every committed change of a position (fill,
--- exchange update, price, fix) bumps its version, so this moves with every commit of any process,
--- and a snapshot sees exactly the changes committed before it. The newest
--- outbox id does not: ids are taken before commit, so a change that takes its id first and
--- commits last leaves it unchanged (tests/api/test_portfolio.py). ~0.1 ms at 500 positions.
-SELECT count(*) || ':' || coalesce(sum(p.version), 0) FROM public.positions p
+-- Whether anything changed since the cached portfolio was read (pm.positions_fingerprint).
+SELECT pm.positions_fingerprint()
 
 -- name: api_health
 -- Counters and sizes for GET /health.
@@ -102,7 +166,7 @@ SELECT 1
 
 -- name: pipeline_apply_order_batch
 -- A batch of order-queue message bodies, sent as one JSON array text, applied in the caller's
--- transaction by pm.apply_batch (not isolated: each position is written once per batch);
+-- transaction by pm.apply_batch (each position is written once per batch);
 -- (ordinal, result) per message. Any invalid message fails the whole statement (the consumer then
 -- applies them one by one with apply_order_event under savepoints). The result is cut down to what
 -- the consumer logs ({status, reason, position: {asset, version}}, the last position of a
@@ -112,7 +176,7 @@ SELECT t.i, jsonb_build_object('status', t.r -> 'status', 'reason', t.r -> 'reas
               FROM coalesce(t.r -> 'position',
                             jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p
              WHERE p IS NOT NULL))
-  FROM jsonb_array_elements(pm.apply_batch('order', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
+  FROM jsonb_array_elements(pm.apply_batch('order', %(events)s::jsonb)) WITH ORDINALITY AS t(r, i)
 
 -- name: pipeline_apply_position_batch
 -- As pipeline_apply_order_batch, for position-queue message bodies.
@@ -121,11 +185,11 @@ SELECT t.i, jsonb_build_object('status', t.r -> 'status', 'reason', t.r -> 'reas
               FROM coalesce(t.r -> 'position',
                             jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p
              WHERE p IS NOT NULL))
-  FROM jsonb_array_elements(pm.apply_batch('position', %(events)s::jsonb, false)) WITH ORDINALITY AS t(r, i)
+  FROM jsonb_array_elements(pm.apply_batch('position', %(events)s::jsonb)) WITH ORDINALITY AS t(r, i)
 
 -- name: pipeline_schema_ready
 -- Whether the database is migrated far enough for the consumers (checked on every connect).
-SELECT to_regprocedure('pm.apply_batch(text,jsonb,boolean)') IS NOT NULL
+SELECT to_regprocedure('pm.apply_batch(text,jsonb)') IS NOT NULL
    AND to_regprocedure('pm.record_dead_letter(text,text,text,text,text,jsonb)') IS NOT NULL
 
 -- name: pipeline_record_dead_letter
@@ -158,10 +222,6 @@ SELECT pm.portfolio_json(NULL)
 
 -- Extras (app/api/extras/, jobs/api_keys.py): manual control, price pushes, trade
 -- statistics, history and as-of, scoped API keys, the live stream.
-
--- name: extras_get_position
--- One Position plus stop_loss, take_profit, strategy, notes as JSON text; NULL when absent.
-SELECT pm.get_position_ext(%(asset)s, %(mode)s)::text
 
 -- name: extras_update_position_meta
 -- PATCH /api/v1/positions/{asset}: merge patch of the metadata; PM412 on a version mismatch.

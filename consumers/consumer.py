@@ -386,7 +386,7 @@ class QueueConsumer:
         if not todo:
             return
         try:
-            with self.db.transaction():
+            with appdb.write_transaction(self.db):
                 # one JSON array text: every body is valid JSON already (decode()), and a text
                 # parameter costs nothing to send, unlike a text[] (psycopg escapes each element)
                 events = "[" + ",".join(d.text for d in todo) + "]"
@@ -402,7 +402,7 @@ class QueueConsumer:
         # at most SLOW_PATH_CHUNK savepoints per transaction (PostgreSQL caches 64 subtransaction
         # ids per backend); a retry after a transient error re-applies committed chunks as duplicates
         for start in range(0, len(todo), SLOW_PATH_CHUNK):
-            with self.db.transaction():
+            with appdb.write_transaction(self.db):
                 for d in todo[start:start + SLOW_PATH_CHUNK]:
                     try:
                         with self.db.transaction():
@@ -454,7 +454,7 @@ class QueueConsumer:
         while True:
             try:
                 self._ensure_db()
-                with self.db.transaction():
+                with appdb.write_transaction(self.db):
                     for d in dead:
                         self.db.execute(appdb.q("pipeline_record_dead_letter"), {
                             "queue": self.queue, "reason": d.dead[0], "error_code": d.dead[1],

@@ -122,7 +122,7 @@ class OutboxRelay:
             return
 
     def _publish_batch(self) -> int:
-        with self.db.transaction():
+        with appdb.write_transaction(self.db):
             rows = self.db.execute(appdb.q("pipeline_outbox_claim"), {"limit": CLAIM_BATCH}).fetchall()
             if not rows:
                 return 0
@@ -150,7 +150,7 @@ class OutboxRelay:
         """True when a portfolio_updated row was added (to be published now)."""
         if self.portfolio_pending_since is None:
             return False
-        with self.db.transaction():
+        with appdb.write_transaction(self.db):
             added = self.db.execute(appdb.q("pipeline_enqueue_portfolio_event"), {
                 "interval": self.settings.portfolio_event_interval}).fetchone()[0]
         interval = float(self.settings.portfolio_event_interval)

@@ -1,4 +1,8 @@
-"""GET /health: database (with pm.health() counters) and RabbitMQ reachability.
+"""GET /health: database (with pm.health() counters), the schema version, and RabbitMQ reachability.
+
+"schema" says what the database was upgraded to (pm.schema_version()) beside what this code
+expects (app/schema.py, from the files under sql/): a database behind the code makes the service
+"degraded" (run bin/migrate).
 
 The API does not use RabbitMQ itself, but the consumers of this deployment do: a broker that
 cannot be reached makes the service "degraded" (still answering from the database). The broker is
@@ -18,6 +22,7 @@ import falcon
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from app import schema
 from app.db import q
 
 log = logging.getLogger("position_manager.api")
@@ -58,6 +63,7 @@ class HealthResource:
         self.pool = pool
         self.broker = broker
         self.service = service
+        self.expected_schema = schema.expected()["version"]
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         queue_connected = self.broker.reachable()
@@ -74,7 +80,9 @@ class HealthResource:
             resp.set_header("Retry-After", "5")
         else:
             body.update(counters)
-            body.update(status="healthy" if queue_connected else "degraded", database_connected=True,
-                        timestamp=utc_now_iso())
+            db_schema = body["schema"] = dict(counters.get("schema") or {}, expected=self.expected_schema)
+            db_schema["up_to_date"] = self.expected_schema is None or db_schema.get("version") == self.expected_schema
+            body.update(status="healthy" if queue_connected and db_schema["up_to_date"] else "degraded",
+                        database_connected=True, timestamp=utc_now_iso())
         resp.content_type = falcon.MEDIA_JSON
         resp.text = json.dumps(body)

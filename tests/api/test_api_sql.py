@@ -11,7 +11,7 @@ import pytest
 from tests.sql.calls import fill
 
 SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
-API_FILES = ["0010_api_rate_limit.sql", "0011_api_positions.sql"]
+API_FILES = ["repeatable/85_api_reads.sql", "repeatable/90_api_access.sql"]
 
 
 def hit(db, key="k" * 64, limit=3):
@@ -71,14 +71,9 @@ def psql(settings, *files: Path) -> None:
     subprocess.run(args, check=True, capture_output=True, timeout=60)
 
 
-def test_migrations_run_twice_and_roll_back_with_psql(settings, db):
+def test_the_api_code_files_run_twice_with_psql(settings, db):
+    hit(db)
     files = [SQL_DIR / name for name in API_FILES]
     psql(settings, *files, *files)  # again over what bin/migrate applied: safe to run twice
-    hit(db)
-    psql(settings, *[SQL_DIR / name.replace(".sql", ".rollback.sql") for name in reversed(API_FILES)])
-    (left,) = db.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                         "WHERE n.nspname = 'pm' AND p.proname IN ('rate_limit_hit', 'list_positions')").fetchone()
-    assert left == 0
-    assert db.execute("SELECT to_regclass('pm.api_rate_limit')").fetchone() == (None,)
-    psql(settings, *files)  # and back
-    assert hit(db)[:2] == (True, 1)
+    assert hit(db)[:2] == (True, 2)
+    assert db.execute("SELECT pm.list_positions() ->> 'count'").fetchone()[0] == "0"

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from falcon import testing
 
-from app import logs
+from app import logs, schema
 from app.api.health import BrokerProbe
 from tests.api.conftest import API_KEY, KEY_A
 from tests.pipeline.servers import free_port
@@ -65,6 +65,8 @@ def test_health_reports_database_queue_and_counters(make_client, api_settings, b
     assert up["positions_count"] == 1
     assert up["timestamp"].endswith("Z")
     assert "counters" in up and "outbox_pending" in up
+    assert up["schema"]["version"] == up["schema"]["expected"] == schema.expected()["version"]
+    assert up["schema"]["up_to_date"] is True
     # RabbitMQ unreachable (a closed port): degraded, still 200
     closed = BrokerProbe("127.0.0.1", free_port(), timeout=0.2)
     degraded = make_client(api_settings, broker=closed).simulate_get("/health")

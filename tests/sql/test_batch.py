@@ -17,8 +17,8 @@ def execution(key: str, asset: str, side: str, qty: str, price: str, second: int
             "executed_at": f"2026-03-01T00:{second // 60:02d}:{second % 60:02d}Z", "trace_id": f"tr-{key}"}
 
 
-def batch(db, events, isolate=False, kind="order"):
-    return db.execute("SELECT pm.apply_batch(%s, %s::jsonb, %s)", (kind, json.dumps(events), isolate)).fetchone()[0]
+def batch(db, events, kind="order"):
+    return db.execute("SELECT pm.apply_batch(%s, %s::jsonb)", (kind, json.dumps(events))).fetchone()[0]
 
 
 def positions(db):
@@ -81,22 +81,13 @@ def test_each_position_is_written_once_per_batch(db):
     assert {r["position"]["asset"] for r in results} == {"AAAUSDT", "BBBUSDT"}
 
 
-def test_not_isolated_invalid_body_raises_and_writes_nothing(db):
+def test_an_invalid_body_raises_and_writes_nothing(db):
     evs = [execution("x1", "AAAUSDT", "Buy", "1", "100", 1), execution("x2", "AAAUSDT", "Buy", "-1", "100", 2)]
     with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
         batch(db, evs)
     assert "execution_quantity" in str(err.value)
     assert db.execute("SELECT count(*) FROM pm.executions").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM pm.outbox").fetchone()[0] == 0
-
-
-def test_isolated_invalid_body_is_reported_and_neighbours_apply(db):
-    evs = [execution("y1", "AAAUSDT", "Buy", "1", "100", 1), {"event_type": "order_executed", "execution_id": "y2"},
-           execution("y3", "AAAUSDT", "Buy", "1", "100", 3), "not an object"]
-    results = batch(db, evs, isolate=True)
-    assert [r["status"] for r in results] == ["applied", "invalid", "applied", "invalid"]
-    assert results[1]["error_code"].startswith("22") and results[1]["field"]
-    assert db.execute("SELECT size FROM positions WHERE asset = 'AAAUSDT'").fetchone()[0] == 2
 
 
 def test_mixed_shapes_in_one_batch(db):

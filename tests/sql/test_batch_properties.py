@@ -18,9 +18,9 @@ from tests.sql.helpers import (Fill, apply_order, bybit_c, bybit_message, counts
 _ids = itertools.count(1)
 
 
-def batch(conn, events, isolate=False, kind="order"):
-    return conn.execute("SELECT pm.apply_batch(%s, %s::jsonb, %s)",
-                        (kind, psycopg.types.json.Jsonb(events), isolate)).fetchone()[0]
+def batch(conn, events, kind="order"):
+    return conn.execute("SELECT pm.apply_batch(%s, %s::jsonb)",
+                        (kind, psycopg.types.json.Jsonb(events))).fetchone()[0]
 
 
 def state(row):

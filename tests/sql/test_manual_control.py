@@ -153,11 +153,15 @@ def test_close_comes_after_ledger_rows_with_later_exchange_times(db):
     assert call(db, "api_validate_position", asset="BTCUSDT", mode="one-way", fix=False, trace=None, actor=None)["is_valid"]
 
 
+def get_position(db, asset, mode="one-way"):
+    return db.execute("SELECT pm.get_position(%s, %s)", (asset, mode)).fetchone()[0]
+
+
 def test_position_json_carries_the_metadata_fields(db):
     fill(db, "BTCUSDT", "Buy", "1", "50000")
-    pos = call(db, "extras_get_position", asset="btcusdt", mode="one-way")
+    pos = get_position(db, "btcusdt")
     assert {"stop_loss", "take_profit", "strategy", "notes", "size", "version"} <= pos.keys()
-    assert call(db, "extras_get_position", asset="NOPEUSDT", mode="one-way") is None
+    assert get_position(db, "NOPEUSDT") is None
 
 
 def test_close_of_a_position_older_than_its_ledger_starts_from_its_opening_balance(db):
@@ -192,37 +196,4 @@ def test_two_writers_with_the_same_if_match_one_wins_the_other_gets_pm412(db, co
     first.commit()
     thread.join(10)
     assert getattr(blocked.get("error"), "sqlstate", None) == "PM412"
-    assert call(db, "extras_get_position", asset="BTCUSDT", mode="one-way")["notes"] == "first"
-
-
-def test_rollback_files_drop_the_extras_and_the_forward_files_apply_again(db, settings):
-    import subprocess
-    from pathlib import Path
-    sql_dir = Path(__file__).resolve().parents[2] / "sql"
-    forward = sorted(p for p in sql_dir.glob("004*.sql") if not p.name.endswith(".rollback.sql"))
-    backward = sorted((p for p in sql_dir.glob("004*.rollback.sql")), reverse=True)
-
-    def psql(path):
-        run = subprocess.run(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", settings.postgres_host,
-                              "-p", str(settings.postgres_port), "-U", settings.postgres_user,
-                              "-d", settings.postgres_db, "-f", str(path)], capture_output=True, text=True)
-        assert run.returncode == 0, run.stderr
-
-    def extras_objects():
-        return db.execute("SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-                          "WHERE n.nspname = 'pm' AND p.proname IN ('close_position', 'update_position_meta', "
-                          "'trade_statistics_json', 'position_history', 'position_as_of', 'stream_fetch', "
-                          "'api_key_lookup')").fetchone()[0] + \
-            db.execute("SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-                       "WHERE n.nspname = 'pm' AND c.relname IN ('position_meta', 'api_keys', 'v_trade_statistics', "
-                       "'v_holdings', 'v_holding_rows')").fetchone()[0]
-
-    fill(db, "BTCUSDT", "Buy", "1", "100")
-    assert extras_objects() == 12
-    for path in backward:
-        psql(path)
-    assert extras_objects() == 0
-    assert db.execute("SELECT count(*) FROM public.positions").fetchone()[0] == 1   # shared rows stay
-    for path in forward + forward:                                                 # twice: idempotent
-        psql(path)
-    assert extras_objects() == 12
+    assert get_position(db, "BTCUSDT")["notes"] == "first"

@@ -1,4 +1,4 @@
-"""Migrations (SPEC §0, §1.1): on an empty database, on a database that already holds the shared
+"""Migrations: on an empty database, on a database that already holds the shared
 tables with rows, applied twice (yoyo and psql), rolled back; views on an empty database."""
 from __future__ import annotations
 
@@ -10,15 +10,20 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app import schema
 from jobs import migrate
+from tests.sql.conftest import assert_same_schema, schema_definition
 from tests.sql.helpers import apply_order, exec_a, fold, hedge_a, position
 
 SQL_DIR = Path(migrate.SQL_DIR)
 FORWARD_FILES = sorted(p for p in SQL_DIR.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+CODE_FILES = [f.path for f in schema.code_files()]
+# what a psql user runs, in this order: the numbered migrations, then the repeatable code files
+ALL_FILES = FORWARD_FILES + CODE_FILES
 YOYO_TABLES = ("_yoyo_migration", "_yoyo_log", "_yoyo_version", "yoyo_lock")
 
-# SPEC §1.1, verbatim: the shared tables as the ws-gateway migrations leave them (index names are theirs).
-SPEC_DDL = """
+# the contract, verbatim: the shared tables as the ws-gateway migrations leave them (index names are theirs).
+SHARED_DDL = """
 CREATE TABLE positions (
     id UUID PRIMARY KEY DEFAULT gen_random_uuid(), asset VARCHAR(20) NOT NULL, size DECIMAL(20,8) NOT NULL,
     average_entry_price DECIMAL(20,8), unrealized_pnl DECIMAL(20,8), realized_pnl DECIMAL(20,8),
@@ -62,16 +67,16 @@ SELECT id, asset, size, average_entry_price, unrealized_pnl, realized_pnl, mode,
  WHERE asset IN ('BTCUSDT', 'SOLUSDT');
 """
 
-SPEC_POSITION_COLUMNS = ("id, asset, size, average_entry_price, unrealized_pnl, realized_pnl, mode, long_size, "
+SHARED_POSITION_COLUMNS = ("id, asset, size, average_entry_price, unrealized_pnl, realized_pnl, mode, long_size, "
                          "short_size, long_avg_price, short_avg_price, last_updated, last_snapshot_at, current_price, "
                          "version, created_at, closed_at")
-SPEC_SNAPSHOT_COLUMNS = ("id, position_id, asset, size, average_entry_price, unrealized_pnl, realized_pnl, mode, "
+SHARED_SNAPSHOT_COLUMNS = ("id, position_id, asset, size, average_entry_price, unrealized_pnl, realized_pnl, mode, "
                          "long_size, short_size, snapshot_timestamp")
 
 
 def shared_rows(conn) -> tuple[list, list]:
-    return (conn.execute(f"SELECT {SPEC_POSITION_COLUMNS} FROM public.positions ORDER BY asset, mode").fetchall(),
-            conn.execute(f"SELECT {SPEC_SNAPSHOT_COLUMNS} FROM public.position_snapshots ORDER BY id").fetchall())
+    return (conn.execute(f"SELECT {SHARED_POSITION_COLUMNS} FROM public.positions ORDER BY asset, mode").fetchall(),
+            conn.execute(f"SELECT {SHARED_SNAPSHOT_COLUMNS} FROM public.position_snapshots ORDER BY id").fetchall())
 
 
 def pm_objects(conn) -> dict[str, list[str]]:
@@ -88,23 +93,6 @@ def pm_objects(conn) -> dict[str, list[str]]:
             "functions": [f for (f,) in funcs], "types": [t for (t,) in types]}
 
 
-def fingerprint(conn) -> list:
-    """The definitions of our schema: relations with their columns, functions with their bodies, views."""
-    return conn.execute("""
-        SELECT 'col', c.table_schema || '.' || c.table_name || '.' || c.column_name || ':' || c.data_type
-          FROM information_schema.columns c WHERE c.table_schema IN ('pm', 'public')
-           AND c.table_name NOT LIKE '%yoyo%'
-        UNION ALL
-        SELECT 'fn', p.oid::regprocedure::text || md5(p.prosrc)
-          FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'pm'
-        UNION ALL
-        SELECT 'view', schemaname || '.' || viewname || md5(definition) FROM pg_views WHERE schemaname = 'pm'
-        UNION ALL
-        SELECT 'index', schemaname || '.' || indexname FROM pg_indexes WHERE schemaname IN ('pm', 'public')
-           AND tablename NOT LIKE '%yoyo%'
-        ORDER BY 1, 2""").fetchall()
-
-
 def connect_to(settings, **kw) -> psycopg.Connection:
     return psycopg.connect(**settings.conninfo(), **kw)
 
@@ -115,7 +103,7 @@ def connect_to(settings, **kw) -> psycopg.Connection:
 
 def test_all_migrations_on_an_empty_database(empty_db_settings):
     applied = migrate.apply(empty_db_settings)
-    assert applied == [p.stem for p in FORWARD_FILES]
+    assert applied == [p.stem for p in FORWARD_FILES] + [f"repeatable/{p.name}" for p in CODE_FILES]
     with connect_to(empty_db_settings, autocommit=True) as conn:
         for name in ("pm.apply_order_event(jsonb)", "pm.apply_position_event(jsonb)", "pm.fold_ledger(uuid)"):
             assert conn.execute("SELECT to_regprocedure(%s)", (name,)).fetchone()[0] is not None, name
@@ -133,7 +121,7 @@ def test_all_migrations_on_an_empty_database(empty_db_settings):
 @pytest.fixture
 def existing_db(empty_db_settings):
     with connect_to(empty_db_settings, autocommit=True) as conn:
-        conn.execute(SPEC_DDL)
+        conn.execute(SHARED_DDL)
         conn.execute(EXISTING_ROWS)
     return empty_db_settings
 
@@ -191,10 +179,10 @@ def test_fill_on_a_pre_existing_position_builds_on_its_stored_state(existing_db)
 def test_yoyo_apply_twice_is_a_no_op(existing_db):
     assert migrate.apply(existing_db)
     with connect_to(existing_db, autocommit=True) as conn:
-        before, rows = fingerprint(conn), shared_rows(conn)
+        before, rows = schema_definition(conn), shared_rows(conn)
     assert migrate.apply(existing_db) == []
     with connect_to(existing_db, autocommit=True) as conn:
-        assert fingerprint(conn) == before
+        assert schema_definition(conn) == before
         assert shared_rows(conn) == rows
 
 
@@ -213,10 +201,13 @@ def psql(settings, *paths: Path) -> subprocess.CompletedProcess:
 def test_every_file_runs_twice_through_psql(empty_db_settings, preexisting):
     if preexisting:
         with connect_to(empty_db_settings, autocommit=True) as conn:
-            conn.execute(SPEC_DDL)
+            conn.execute(SHARED_DDL)
             conn.execute(EXISTING_ROWS)
-    # each file twice in a row, then the whole set once more
-    done = psql(empty_db_settings, *[p for p in FORWARD_FILES for _ in (0, 1)], *FORWARD_FILES)
+    # as a psql user applies them: each numbered migration once, in order (here twice in a row: a
+    # repeated run does no harm), then every repeatable file, as often as it comes (here twice in a
+    # row, then the whole set once more). A numbered migration is not re-run after later ones, as
+    # no migration tool does: an old CREATE OR REPLACE VIEW cannot take back columns added since.
+    done = psql(empty_db_settings, *[p for p in ALL_FILES for _ in (0, 1)], *CODE_FILES)
     assert done.returncode == 0, done.stderr
     with connect_to(empty_db_settings, autocommit=True) as conn:
         assert apply_order(conn, exec_a("psql-1", "Buy", 1, 100, "0", 0, asset="ADAUSDT"))["status"] == "applied"
@@ -227,10 +218,10 @@ def test_psql_and_yoyo_give_the_same_schema(empty_db_settings, second_empty_db_s
     """The files run by psql and the files run by yoyo leave identical definitions."""
     yoyo_settings = second_empty_db_settings
     migrate.apply(yoyo_settings)
-    done = psql(empty_db_settings, *FORWARD_FILES)
+    done = psql(empty_db_settings, *ALL_FILES)
     assert done.returncode == 0, done.stderr
     with connect_to(empty_db_settings) as a, connect_to(yoyo_settings) as b:
-        assert fingerprint(a) == fingerprint(b)
+        assert_same_schema(a, b, applied_code=False)
 
 
 # ---------------------------------------------------------------------------------------------

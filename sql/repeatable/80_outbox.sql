@@ -1,0 +1,175 @@
+-- The transactional outbox: rendering an event's message body, the relay's claim and mark, the
+-- coalesced portfolio_updated event, and the live stream's reads. Every position change appends its
+-- position_updated row in the same transaction as the change (pm.write_state); the relay publishes
+-- rows afterwards, so a crash can duplicate an event but never lose one.
+-- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
+
+-- pm.outbox_notify() -> trigger
+-- NOTIFY pm_outbox once per inserting statement: the relay and the live stream wake on it instead of polling.
+CREATE OR REPLACE FUNCTION pm.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('pm_outbox', '');
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION pm.outbox_notify() IS
+    'Trigger: NOTIFY pm_outbox once per inserting statement (delivered at commit, coalesced per transaction).';
+
+-- pm.outbox_body(outbox row) -> jsonb
+-- The message body of an event: the stored payload, or the Position rendered from the image as of the change.
+CREATE OR REPLACE FUNCTION pm.outbox_body(o pm.outbox) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(o.payload,
+                    pm.position_json(pm.image_position(o.image, o.created_at AT TIME ZONE 'UTC'), false)
+                    || jsonb_build_object('event_type', o.event_type, 'update_source', o.source, 'trace_id', o.trace_id,
+                                          'timestamp', pm.iso(o.created_at)))
+           || jsonb_build_object('event_id', o.event_id)
+$$;
+COMMENT ON FUNCTION pm.outbox_body(pm.outbox) IS
+    'pm.outbox_body(outbox row) -> the message body of the event (position_size_norm aside): the stored payload, or for a change stored as an image (pm.write_state) the Position as it was after the change (time_held_minutes and price_is_stale as of created_at, the time of the change) with event_type, update_source, trace_id and timestamp; event_id always from the row. Read only.';
+
+-- pm.outbox_claim(limit) -> rows
+-- The oldest unpublished events, locked SKIP LOCKED, with their bodies (position_size_norm at publish time).
+CREATE OR REPLACE FUNCTION pm.outbox_claim(p_limit integer)
+RETURNS TABLE (id bigint, event_id uuid, event_type text, trace_id text, payload jsonb)
+LANGUAGE sql AS $$
+    WITH claimed AS (
+        SELECT o.id, o.event_id, o.event_type, o.trace_id, pm.outbox_body(o) AS body
+          FROM pm.outbox o
+         WHERE o.published_at IS NULL
+         ORDER BY o.id
+         LIMIT p_limit
+           FOR UPDATE SKIP LOCKED
+    ), total AS (
+        SELECT nullif(sum(v.exposure_usdt), 0) AS exposure FROM pm.v_positions v WHERE v.exposure_usdt IS NOT NULL
+    )
+    SELECT c.id, c.event_id, c.event_type, c.trace_id,
+           c.body
+           || CASE WHEN c.event_type = 'position_updated'
+                   THEN jsonb_build_object('position_size_norm',
+                                           pm.dec(round((c.body ->> 'exposure_usdt')::numeric / t.exposure, 8)))
+                   ELSE '{}'::jsonb END
+      FROM claimed c CROSS JOIN total t
+     ORDER BY c.id
+$$;
+COMMENT ON FUNCTION pm.outbox_claim(integer) IS
+    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish (pm.outbox_body; for position_updated plus position_size_norm against the portfolio total at publish time), locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
+
+-- pm.outbox_mark_published(ids) -> integer
+-- After the broker confirmed them; marks the portfolio dirty when positions changed.
+CREATE OR REPLACE FUNCTION pm.outbox_mark_published(p_ids bigint[]) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    n integer;
+    changes integer;
+BEGIN
+    WITH u AS (UPDATE pm.outbox SET published_at = now() WHERE id = ANY (p_ids) AND published_at IS NULL
+               RETURNING event_type)
+    SELECT count(*), count(*) FILTER (WHERE event_type = 'position_updated') INTO n, changes FROM u;
+    IF changes > 0 THEN
+        UPDATE pm.portfolio_event_state SET dirty = true WHERE id = 1 AND NOT dirty;
+    END IF;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION pm.outbox_mark_published(bigint[]) IS
+    'pm.outbox_mark_published(ids) -> rows marked: sets published_at on those not yet published; when position changes were among them, marks the portfolio dirty for pm.enqueue_portfolio_event.';
+
+-- pm.enqueue_portfolio_event(min interval seconds, trace) -> boolean
+-- One coalesced portfolio_updated event, when positions changed and the interval elapsed.
+CREATE OR REPLACE FUNCTION pm.enqueue_portfolio_event(p_min_interval_seconds numeric, p_trace text DEFAULT NULL)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    s pm.portfolio_event_state;
+BEGIN
+    SELECT * INTO s FROM pm.portfolio_event_state WHERE id = 1 FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND OR NOT s.dirty
+       OR (s.last_emitted_at IS NOT NULL AND now() - s.last_emitted_at < make_interval(secs => p_min_interval_seconds::double precision)) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO pm.outbox (event_type, action, trace_id, payload)
+    VALUES ('portfolio_updated', 'portfolio', p_trace,
+            pm.portfolio_json(NULL) || jsonb_build_object('event_type', 'portfolio_updated', 'trace_id', p_trace,
+                                                          'timestamp', pm.iso(now())));
+    UPDATE pm.portfolio_event_state
+       SET last_emitted_at = now(), dirty = false,
+           last_change_id = coalesce((SELECT o.id FROM pm.outbox o WHERE o.event_type = 'position_updated'
+                                       ORDER BY o.id DESC LIMIT 1), 0)
+     WHERE id = 1;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION pm.enqueue_portfolio_event(numeric, text) IS
+    'pm.enqueue_portfolio_event(min interval seconds, trace) -> true when it enqueued one portfolio_updated event: only if position changes were published since the last one (pm.outbox_mark_published marks them) and the interval has elapsed (coalescing, the contract). Called by the relay after publishing, never on a read.';
+
+-- pm.stream_head() -> bigint
+-- Where a new live stream starts: the newest outbox id.
+CREATE OR REPLACE FUNCTION pm.stream_head() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT o.id FROM pm.outbox o ORDER BY o.id DESC LIMIT 1), 0)
+$$;
+COMMENT ON FUNCTION pm.stream_head() IS
+    'pm.stream_head() -> the newest outbox id (0 when empty): a live stream without Last-Event-ID starts after it. Read only, cheap (primary key backwards).';
+
+-- pm.stream_fetch(after, limit, hold, grace) -> jsonb
+-- The next position_updated events after an outbox id, never skipping one a transaction in flight will commit.
+--
+-- Outbox ids come from a sequence, so they are taken in one order and committed in another: id 11
+-- can be visible while id 10 is still being written. A reader that moved past 11 would never see
+-- 10. So a gap stops the read, and the caller gets a "hold": the newest visible id h and the xmax
+-- of a snapshot taken after reading it. Every missing id below h was taken before that snapshot,
+-- by a transaction that had finished then or was in progress (its xid below xmax). Once the
+-- oldest running transaction is at or above xmax, those gaps are final (committed rows are now
+-- visible, the rest were rolled back) and reading continues past them. A hold older than
+-- p_grace_seconds is given up (a session idle in a transaction must not stall every stream).
+-- Non-position outbox rows move the cursor but are not returned.
+CREATE OR REPLACE FUNCTION pm.stream_fetch(p_after bigint, p_limit integer DEFAULT 500, p_hold jsonb DEFAULT NULL,
+                                           p_grace_seconds numeric DEFAULT 10)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_cursor bigint := p_after;
+    v_hold_id bigint := (p_hold ->> 'id')::bigint;
+    v_hold_xmax xid8 := (p_hold ->> 'xmax')::xid8;
+    v_hold_since timestamptz := (p_hold ->> 'since')::timestamptz;
+    -- decided BEFORE the rows are read: a transaction that finished before this point is
+    -- visible to the read below
+    v_resolved boolean := v_hold_id IS NOT NULL
+        AND (pg_snapshot_xmin(pg_current_snapshot()) >= v_hold_xmax
+             OR clock_timestamp() - v_hold_since > make_interval(secs => p_grace_seconds::double precision));
+    v_events jsonb := '[]'::jsonb;
+    v_newest bigint;
+    r record;
+BEGIN
+    IF p_after IS NULL OR p_after < 0 THEN
+        PERFORM pm.bad_input('last_event_id', format('must be an outbox id >= 0, got %s', coalesce(p_after::text, 'nothing')));
+    END IF;
+    IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
+        PERFORM pm.bad_input('limit', format('must be between 1 and 10000, got %s', coalesce(p_limit::text, 'nothing')));
+    END IF;
+    FOR r IN SELECT o.id, o.event_type, CASE WHEN o.event_type = 'position_updated' THEN pm.outbox_body(o) END AS payload
+               FROM pm.outbox o WHERE o.id > p_after ORDER BY o.id LIMIT p_limit LOOP
+        IF r.id > v_cursor + 1 AND NOT (v_resolved AND r.id <= v_hold_id) THEN
+            IF v_hold_id IS NULL OR v_resolved THEN
+                -- a new gap: hold at the newest visible id, then take the snapshot
+                SELECT max(o.id) INTO v_newest FROM pm.outbox o;
+                v_hold_id := v_newest;
+                v_hold_xmax := pg_snapshot_xmax(pg_current_snapshot());
+                v_hold_since := clock_timestamp();
+            END IF;
+            RETURN jsonb_build_object('events', v_events, 'cursor', v_cursor,
+                'hold', jsonb_build_object('id', v_hold_id, 'xmax', v_hold_xmax::text, 'since', v_hold_since));
+        END IF;
+        v_cursor := r.id;
+        IF r.event_type = 'position_updated' THEN
+            v_events := v_events || jsonb_build_object('id', r.id, 'payload', r.payload);
+        END IF;
+    END LOOP;
+    RETURN jsonb_build_object('events', v_events, 'cursor', v_cursor,
+        'hold', CASE WHEN v_hold_id IS NOT NULL AND NOT v_resolved AND v_cursor < v_hold_id
+                     THEN jsonb_build_object('id', v_hold_id, 'xmax', v_hold_xmax::text, 'since', v_hold_since) END);
+END
+$$;
+COMMENT ON FUNCTION pm.stream_fetch(bigint, integer, jsonb, numeric) IS
+    'pm.stream_fetch(after outbox id, limit 1..10000, hold or NULL, grace seconds) -> {"events": [{"id", "payload"}], "cursor", "hold"}: position_updated rows with id > after in id order, stopping at a gap that a transaction in flight may still fill; pass cursor and hold back on the next call (poll soon while hold is not null). A gap is final once every transaction running when it was seen has ended, or after grace seconds. Read only, no locks. Errors: 22023 for a negative after or a bad limit.';
