@@ -19,17 +19,22 @@ QUERIES_FILE = Path(__file__).with_name("queries.sql")
 _NAME = re.compile(r"^--\s*name:\s*([a-z0-9_]+)\s*$", re.MULTILINE)
 
 
-@lru_cache(maxsize=1)
-def queries() -> dict[str, str]:
-    """{name: sql} from queries.sql; each block runs until the next `-- name:` line."""
-    text = QUERIES_FILE.read_text(encoding="utf-8")
-    parts = _NAME.split(text)
+def load_queries(path: Path) -> dict[str, str]:
+    """{name: sql} from a queries file; each block runs until the next `-- name:` line.
+    (bench/ keeps its own statements in bench/queries.sql and reads them with this too.)"""
+    parts = _NAME.split(path.read_text(encoding="utf-8"))
     result: dict[str, str] = {}
     for name, body in zip(parts[1::2], parts[2::2]):
         if name in result:
-            raise ValueError(f"query {name!r} is defined twice in {QUERIES_FILE}")
+            raise ValueError(f"query {name!r} is defined twice in {path}")
         result[name] = body.strip().rstrip(";")
     return result
+
+
+@lru_cache(maxsize=1)
+def queries() -> dict[str, str]:
+    """{name: sql} of app/queries.sql."""
+    return load_queries(QUERIES_FILE)
 
 
 def q(name: str) -> str:

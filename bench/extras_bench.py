@@ -1,4 +1,5 @@
-"""Benchmark of the issue 7 extras (README "Beyond the contract").
+#!/usr/bin/env python3
+"""Benchmark of the features beyond the contract: trade statistics, history, as-of, the live stream.
 
 A. SQL at scale, on a fresh database: H closed holdings spread over A assets (loaded through
    pm.apply_order_event in one statement), then the median time of pm.trade_statistics_json()
@@ -10,10 +11,10 @@ B. The live stream over a real gunicorn (bin/serve, 1 gthread worker x 4 threads
    that every stream received every event exactly once in increasing id order, and the latency of
    ordinary GETs answered meanwhile by the worker's free thread.
 
-    .venv/bin/python bench/extras_bench.py                       # about a minute
-    .venv/bin/python bench/extras_bench.py --holdings 20000 --fills 1000
+    bench/run extras                       # about a minute
+    bench/run extras --holdings 20000 --fills 1000
 
-Figures are printed as Markdown and written to bench/out/extras_bench.json.
+Writes bench/results/extras.json (--json FILE elsewhere).
 """
 from __future__ import annotations
 
@@ -21,46 +22,24 @@ import argparse
 import json
 import os
 import queue
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 import requests  # noqa: E402
-from psycopg import sql  # noqa: E402
 
 from app.db import q  # noqa: E402
 from app.settings import load  # noqa: E402
-from jobs import migrate  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import figure  # noqa: E402
 
 API_KEY = "bench-key"
-
-# H round trips (buy then sell) over A assets, one statement: exec times increase per asset.
-LOAD_HOLDINGS = """
-SELECT count(pm.apply_order_event(jsonb_build_object(
-           'event_type', 'order_executed', 'execution_id', 'bench-' || g || '-' || leg,
-           'order_id', 'bench-' || g || '-' || leg, 'asset', 'BENCH' || (g %% %(assets)s) || 'USDT',
-           'side', CASE WHEN leg = 1 THEN 'Buy' ELSE 'Sell' END, 'execution_quantity', '1',
-           'execution_price', CASE WHEN leg = 1 THEN '100' ELSE (95 + (g %% 11))::text END,
-           'execution_fees', '0.01',
-           'executed_at', to_char(timestamptz '2025-01-01' + make_interval(mins => g * 2 + leg), 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))))
-  FROM generate_series(1, %(holdings)s) g, (VALUES (1), (2)) l(leg)
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -80,9 +59,9 @@ def timed(conn, query: str, args: dict, repeat: int = 5) -> float:
 
 def bench_sql(conn, holdings: int, assets: int) -> dict:
     started = time.perf_counter()
-    conn.execute(LOAD_HOLDINGS, {"holdings": holdings, "assets": assets})
+    conn.execute(common.q("extras_load_holdings"), {"holdings": holdings, "assets": assets})
     load_s = time.perf_counter() - started
-    rows = conn.execute("SELECT count(*) FROM pm.executions").fetchone()[0]
+    rows = conn.execute(common.q("ledger_rows")).fetchone()[0]
     (stats,) = conn.execute(q("extras_trade_statistics")).fetchone()
     assert json.loads(stats)["closed_holdings"] == holdings, stats
     deep = holdings // assets  # the audit rows of one asset: two per holding
@@ -129,23 +108,11 @@ class Stream:
 
 
 def bench_stream(settings, fills: int, writers: int) -> dict:
-    port = free_port()
-    env = dict(os.environ, POSTGRES_HOST=settings.postgres_host, POSTGRES_PORT=str(settings.postgres_port),
-               POSTGRES_DB=settings.postgres_db, POSTGRES_USER=settings.postgres_user,
-               POSTGRES_PASSWORD=settings.postgres_password, POSITION_MANAGER_API_KEY=API_KEY,
-               POSITION_MANAGER_API_WORKERS="1", POSITION_MANAGER_API_THREADS="4",
-               POSITION_MANAGER_RATE_LIMIT_DEFAULT="1000000", POSITION_MANAGER_LOG_LEVEL="WARNING")
-    proc = subprocess.Popen([str(ROOT / "bin" / "serve"), "--bind", f"127.0.0.1:{port}"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    env = common.service_env(settings, POSITION_MANAGER_API_KEY=API_KEY, POSITION_MANAGER_API_WORKERS="1",
+                             POSITION_MANAGER_API_THREADS="4", POSITION_MANAGER_RATE_LIMIT_DEFAULT="1000000",
+                             POSITION_MANAGER_LOG_LEVEL="WARNING")
+    server, base = common.start_api(env, common.OUT, name="extras_bench_gunicorn")
     try:
-        for _ in range(300):
-            try:
-                if requests.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
         streams = [Stream(base + "/api/v1/stream") for _ in range(3)]
         for stream in streams:
             assert stream.ready.wait(10)
@@ -214,49 +181,49 @@ def bench_stream(settings, fills: int, writers: int) -> dict:
             "get_ms_p50": round(percentile(get_latencies, 50), 1), "get_ms_p99": round(percentile(get_latencies, 99), 1),
         }
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        server.stop(timeout=15)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--holdings", type=int, default=10000)
-    parser.add_argument("--assets", type=int, default=50)
-    parser.add_argument("--fills", type=int, default=400)
-    parser.add_argument("--writers", type=int, default=4)
-    args = parser.parse_args()
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench/run extras", description=__doc__.splitlines()[0])
+    ap.add_argument("--holdings", type=int, default=10000)
+    ap.add_argument("--assets", type=int, default=50)
+    ap.add_argument("--fills", type=int, default=400)
+    ap.add_argument("--writers", type=int, default=4)
+    common.add_json_option(ap, "extras")
+    return ap
 
-    name = f"pm_extras_bench_{os.getpid()}_{uuid.uuid4().hex[:6]}"
-    settings = load(dict(os.environ, POSTGRES_DB=name, POSITION_MANAGER_API_KEY=API_KEY))
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
+    name = f"pm_bench_extras_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+    base = load()
     try:
-        migrate.apply(settings)
+        settings = common.fresh_database(base, name)
         with psycopg.connect(**settings.conninfo(), autocommit=True) as conn:
-            sql_figures = bench_sql(conn, args.holdings, args.assets)
-        stream_figures = bench_stream(settings, args.fills, args.writers)
+            s = bench_sql(conn, args.holdings, args.assets)
+        t = bench_stream(settings, args.fills, args.writers)
     finally:
-        with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as admin:
-            admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
-    (out / "extras_bench.json").write_text(json.dumps({"sql": sql_figures, "stream": stream_figures}, indent=2))
-    s, t = sql_figures, stream_figures
-    print(f"| SQL, {s['holdings']} closed holdings, {s['ledger_rows']} ledger rows | median |\n|---|---|")
-    print(f"| pm.trade_statistics_json() (summary) | {s['summary_ms']} ms |")
-    print(f"| history, first page of 100 | {s['history_first_page_ms']} ms |")
-    print(f"| history, page of 100 at offset {s['history_deep_offset']} | {s['history_deep_page_ms']} ms |")
-    print(f"| as-of reconstruction | {s['as_of_ms']} ms |")
-    print()
-    print(f"Stream: {t['streams']} streams, {t['fills']} fills by {t['writers']} concurrent writers "
-          f"({t['fills_per_second']} fills/s): every stream got every event once, in id order.")
-    print(f"commit -> event p50 {t['latency_ms_p50']} ms, p95 {t['latency_ms_p95']} ms, p99 {t['latency_ms_p99']} ms, "
-          f"max {t['latency_ms_max']} ms; {t['get_requests_meanwhile']} GETs meanwhile: "
-          f"p50 {t['get_ms_p50']} ms, p99 {t['get_ms_p99']} ms")
+        common.drop_database(base, name)
+    scale = f"{s['holdings']:,} closed holdings, {s['ledger_rows']:,} ledger rows"
+    figures = [
+        figure("summary", f"pm.trade_statistics_json() (GET /portfolio/summary), {scale}, median", s["summary_ms"], "ms"),
+        figure("history_first_page", "history of one position, first page of 100, median", s["history_first_page_ms"], "ms"),
+        figure("history_deep_page", f"history, page of 100 at offset {s['history_deep_offset']}, median",
+               s["history_deep_page_ms"], "ms"),
+        figure("as_of", "as-of reconstruction of one position, median", s["as_of_ms"], "ms"),
+        figure("stream_latency_p50", f"live stream, commit -> event p50 ({t['streams']} streams, {t['fills']} fills "
+                                     f"by {t['writers']} concurrent writers)", t["latency_ms_p50"], "ms",
+               p99_ms=t["latency_ms_p99"], max_ms=t["latency_ms_max"]),
+        figure("get_meanwhile_p50", "GET /portfolio/exposure on the worker's free thread meanwhile, p50",
+               t["get_ms_p50"], "ms", p99_ms=t["get_ms_p99"], n=t["get_requests_meanwhile"]),
+    ]
+    path = common.write_result("extras", command=common.explicit_command("extras", ap, args), path=args.json,
+                               params=vars(args), passed=True, figures=figures, detail={"sql": s, "stream": t})
+    for f in figures:
+        print(f"  {f['label']}: {f['value']} {f['unit']}")
+    print(f"(written to {path})")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""HTTP benchmark of the REST API under gunicorn (issue: REST API).
+#!/usr/bin/env python3
+"""HTTP benchmark of the REST API under gunicorn: requests/s, latency and server CPU per request.
 
 A fresh database with N open positions (default 500, loaded through pm.apply_order_event and
 priced through pm.set_prices), bin/serve with auth and the shared rate limit ON (limits set out of
@@ -6,8 +7,8 @@ reach), and for each endpoint requests/s and p50/p99 latency at 1 and 8 persiste
 beside GET /bench/select1: the reference, one `SELECT 1` through the same middleware (auth, rate
 limit) and pool, enabled by POSITION_MANAGER_BENCH_REFERENCE=1.
 
-    .venv/bin/python bench/http_bench.py                 # ~2 minutes
-    .venv/bin/python bench/http_bench.py --rounds 5 --duration 5 --workers 4 --threads 4
+    bench/run http                 # ~2 minutes
+    bench/run http --rounds 5 --duration 5 --workers 4 --threads 4
 
 Load generator: wrk (apt-get install wrk) when installed, else a Python client (http.client,
 one keep-alive connection per thread; slower, so figures are lower and noisier). The endpoints
@@ -15,7 +16,7 @@ are measured in interleaved rounds and medians reported. Besides requests/s (at 
 whatever else runs on the machine), each cell reports the server CPU per request: user+system
 time of the gunicorn processes and of their PostgreSQL backends, divided by the requests served;
 on a CPU-bound box, throughput is inversely proportional to it, and it hardly moves with outside
-load. Results are printed as a Markdown table and written to bench/out/http_bench.json.
+load. Writes bench/results/http.json (--json FILE elsewhere).
 """
 from __future__ import annotations
 
@@ -25,8 +26,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,37 +34,27 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
-from psycopg import sql  # noqa: E402
 
 from app.db import q  # noqa: E402
 from app.settings import load  # noqa: E402
-from jobs import migrate  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import figure, reference  # noqa: E402
 
 API_KEY = "bench-key"
 ENDPOINTS = [
     ("SELECT 1 (reference)", "/bench/select1"),
-    ("/api/v1/positions/{asset}", "/api/v1/positions/BENCH0042USDT"),
+    ("/api/v1/positions/{asset}", "/api/v1/positions/{asset}"),      # one of the open positions
     ("/api/v1/portfolio", "/api/v1/portfolio"),
     ("/api/v1/positions", "/api/v1/positions"),
     ("/health", "/health"),
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def prepare_database(settings, dbname: str, positions: int) -> None:
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
-    migrate.ensure_database(settings, dbname)
-    migrate.apply(settings, dbname)
+    common.fresh_database(settings, dbname)
     prices = {}
     with psycopg.connect(**settings.conninfo(dbname)) as conn:
         for i in range(positions):
@@ -79,81 +68,30 @@ def prepare_database(settings, dbname: str, positions: int) -> None:
             prices[asset] = str(price * 1.01)
         conn.execute(q("job_set_prices"), {"prices": json.dumps(prices), "trace": "bench", "actor": "bench"})
         conn.commit()
-        conn.execute("ANALYZE")
+        conn.execute(common.q("analyze"))
 
 
-def start_server(settings, dbname: str, workers: int, threads: int, log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = dict(os.environ)
-    env.update({
-        "POSTGRES_HOST": settings.postgres_host, "POSTGRES_PORT": str(settings.postgres_port),
-        "POSTGRES_USER": settings.postgres_user, "POSTGRES_PASSWORD": settings.postgres_password,
-        "POSTGRES_DB": dbname, "POSITION_MANAGER_API_KEY": API_KEY,
+def start_server(settings, dbname: str, workers: int, threads: int, log_dir: Path) -> tuple[common.Service, str]:
+    env = common.service_env(settings.with_overrides(postgres_db=dbname), **{
+        "POSITION_MANAGER_API_KEY": API_KEY,
         "POSITION_MANAGER_RATE_LIMIT_ENABLED": "true", "POSITION_MANAGER_RATE_LIMIT_DEFAULT": "1000000000",
         "POSITION_MANAGER_API_WORKERS": str(workers), "POSITION_MANAGER_API_THREADS": str(threads),
-        "POSITION_MANAGER_BENCH_REFERENCE": "1", "POSITION_MANAGER_LOG_LEVEL": "INFO",
-    })
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([str(ROOT / "bin" / "serve"), "--bind", f"127.0.0.1:{port}"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        if proc.poll() is not None:
-            raise SystemExit(f"bin/serve exited with {proc.returncode}; see {log_path}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return proc, url
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise SystemExit(f"bin/serve did not answer; see {log_path}")
-        time.sleep(0.2)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        "POSITION_MANAGER_BENCH_REFERENCE": "1", "POSITION_MANAGER_LOG_LEVEL": "INFO"})
+    return common.start_api(env, log_dir, name="http_bench_gunicorn", timeout=30)
 
 
 # ------------------------------------------------------------------ server CPU per request
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
 def server_pids(master_pid: int, admin: psycopg.Connection, dbname: str) -> list[int]:
     """The gunicorn master and workers, and the PostgreSQL backends connected to the bench database."""
-    pids = [master_pid]
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master_pid:
-                pids.append(int(entry.name))
-    rows = admin.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-                         (dbname,)).fetchall()
+    pids = [master_pid] + [pid for pid, _ in common.children_of(master_pid)]
+    rows = admin.execute(common.q("database_backends"), (dbname,)).fetchall()
     return pids + [pid for (pid,) in rows]
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
     """user + system CPU of each process (a process that is gone counts as 0)."""
-    result = {}
-    for pid in pids:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            result[pid] = (int(fields[11]) + int(fields[12])) / _TICK
-        except OSError:
-            result[pid] = 0.0
-    return result
+    return {pid: common.cpu_seconds(pid) or 0.0 for pid in pids}
 
 
 # ------------------------------------------------------------------ load generators
@@ -216,81 +154,96 @@ def run_python(url: str, connections: int, duration: float) -> dict:
 
 # ------------------------------------------------------------------ main
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default 2)")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds, median reported (default 5)")
-    parser.add_argument("--positions", type=int, default=500)
-    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
-    parser.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
-    parser.add_argument("--db", default="pm_http_bench", help="database to (re)create (default pm_http_bench)")
-    args = parser.parse_args(argv)
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench/run http", description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default 2)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds, median reported (default 5)")
+    ap.add_argument("--positions", type=int, default=500)
+    ap.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4)")
+    ap.add_argument("--threads", type=int, default=4, help="threads per worker (default 4)")
+    ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    common.add_json_option(ap, "http")
+    return ap
 
+
+def figures_of(results: list[dict]) -> list[dict]:
+    """Per connection count and endpoint: requests/s beside SELECT 1's, and server CPU per request
+    beside SELECT 1's (lower is better), with the latency percentiles."""
+    out = []
+    refs = {r["connections"]: r for r in results if r["endpoint"] == ENDPOINTS[0][0]}
+    for r in results:
+        c, ref = r["connections"], refs[r["connections"]]
+        key = re.sub(r"[^a-z0-9]+", "_", r["endpoint"].lower().replace("/api/v1", "")).strip("_")
+        is_ref = r["endpoint"] == ENDPOINTS[0][0]
+        conns = f"{c} connection{'s' if c > 1 else ''}"
+        ref_label = f"SELECT 1 through the same stack, {conns}"
+        out.append(figure(f"c{c}_{key}_rps", f"{r['endpoint']}, {conns}", r["rps"], "requests/s",
+                          p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
+                          reference=None if is_ref else reference(ref_label, ref["rps"], "requests/s")))
+        out.append(figure(f"c{c}_{key}_cpu", f"{r['endpoint']}, {conns}: server CPU", r["cpu_ms_per_request"],
+                          "ms/request",
+                          reference=None if is_ref else reference(ref_label, ref["cpu_ms_per_request"], "ms/request")))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
     client = args.client
     if client == "auto":
         client = "wrk" if shutil.which("wrk") else "python"
     run = run_wrk if client == "wrk" else run_python
 
     settings = load()
-    print(f"preparing {args.db}: {args.positions} open positions ...", flush=True)
-    prepare_database(settings, args.db, args.positions)
-    out_dir = ROOT / "bench" / "out"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    proc, url = start_server(settings, args.db, args.workers, args.threads, out_dir / "http_bench_gunicorn.log")
+    dbname = f"pm_bench_http_{os.getpid()}"
+    print(f"preparing {dbname}: {args.positions} open positions ...", flush=True)
+    prepare_database(settings, dbname, args.positions)
     results = []
+    server = None
     admin = psycopg.connect(**settings.conninfo("postgres"), autocommit=True)
     try:
+        server, url = start_server(settings, dbname, args.workers, args.threads, common.OUT)
         for connections in (1, 8):
+            asset = f"BENCH{min(42, args.positions - 1):04d}USDT"
             for _, path in ENDPOINTS:
-                run(url + path, connections, 1.0)  # warm up: pools filled, statements prepared
+                run(url + path.format(asset=asset), connections, 1.0)  # warm up: pools filled, statements prepared
             # Rounds interleave the endpoints, and the median round is reported: on a shared
             # machine, load from elsewhere then hits every endpoint alike.
             rounds: dict[str, list[dict]] = {label: [] for label, _ in ENDPOINTS}
-            for round_no in range(args.rounds):
+            for _ in range(args.rounds):
                 for label, path in ENDPOINTS:
-                    pids = server_pids(proc.pid, admin, args.db)
-                    before = cpu_seconds(pids)
-                    figures = run(url + path, connections, args.duration)
-                    after = cpu_seconds(server_pids(proc.pid, admin, args.db))
+                    before = cpu_seconds(server_pids(server.pid, admin, dbname))
+                    measured = run(url + path.format(asset=asset), connections, args.duration)
+                    after = cpu_seconds(server_pids(server.pid, admin, dbname))
                     used = sum(after[pid] - before.get(pid, 0.0) for pid in after)
-                    figures["cpu_ms_per_request"] = used * 1000 / max(figures["requests"], 1)
-                    rounds[label].append(figures)
+                    measured["cpu_ms_per_request"] = used * 1000 / max(measured["requests"], 1)
+                    rounds[label].append(measured)
             reference_rounds = rounds[ENDPOINTS[0][0]]
             for label, _ in ENDPOINTS:
                 ordered = sorted(rounds[label], key=lambda r: r["rps"])
-                figures = dict(ordered[len(ordered) // 2])
+                row = dict(ordered[len(ordered) // 2])
                 # the share of the reference, per round (same moment, same outside load), median
                 shares = sorted(r["rps"] / ref["rps"] * 100 for r, ref in zip(rounds[label], reference_rounds))
                 cpu = statistics.median(r["cpu_ms_per_request"] for r in rounds[label])
-                figures.update(endpoint=label, connections=connections, cpu_ms_per_request=cpu,
-                               rps_rounds=[round(r["rps"]) for r in rounds[label]],
-                               share_rounds=[round(x) for x in shares], share=statistics.median(shares),
-                               non_2xx=sum(r["non_2xx"] for r in rounds[label]))
-                results.append(figures)
-                print(f"  c={connections} {label:28s} {figures['rps']:8.0f} req/s  p50 {figures['p50_ms']:6.2f} ms  "
-                      f"p99 {figures['p99_ms']:6.2f} ms  cpu {cpu:5.2f} ms/req  rounds {figures['rps_rounds']}  share {figures['share_rounds']}  "
-                      f"non-2xx {figures['non_2xx']}",
-                      flush=True)
+                row.update(endpoint=label, connections=connections, cpu_ms_per_request=cpu,
+                           rps_rounds=[round(r["rps"]) for r in rounds[label]],
+                           share_rounds=[round(x) for x in shares], share=statistics.median(shares),
+                           non_2xx=sum(r["non_2xx"] for r in rounds[label]))
+                results.append(row)
+                print(f"  c={connections} {label:28s} {row['rps']:8.0f} req/s  p50 {row['p50_ms']:6.2f} ms  "
+                      f"p99 {row['p99_ms']:6.2f} ms  cpu {cpu:5.2f} ms/req  share of SELECT 1 {row['share_rounds']}  "
+                      f"non-2xx {row['non_2xx']}", flush=True)
     finally:
-        stop_server(proc)
+        if server is not None:
+            server.stop(timeout=15)
         admin.close()
+        common.drop_database(settings, dbname)
 
-    print(f"\n{args.positions} open positions, gunicorn {args.workers} workers x {args.threads} threads, "
-          f"client {client}, median of {args.rounds} interleaved rounds of {args.duration:g} s, "
-          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}\n")
-    cpu_reference = {r["connections"]: r["cpu_ms_per_request"] for r in results
-                     if r["endpoint"] == ENDPOINTS[0][0]}
-    print("| endpoint | conns | req/s | p50 ms | p99 ms | req/s vs SELECT 1 | server CPU ms/req | CPU-bound share |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        r["cpu_share"] = cpu_reference[r["connections"]] / r["cpu_ms_per_request"] * 100
-        print(f"| {r['endpoint']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} "
-              f"| {r['share']:.0f}% | {r['cpu_ms_per_request']:.2f} | {r['cpu_share']:.0f}% |")
-    (out_dir / "http_bench.json").write_text(json.dumps(
-        {"positions": args.positions, "workers": args.workers, "threads": args.threads, "client": client,
-         "duration": args.duration, "rounds": args.rounds, "results": results}, indent=2))
     failed = [r for r in results if r["non_2xx"]]
+    path = common.write_result("http", command=common.explicit_command("http", ap, args), path=args.json,
+                               params=vars(args) | {"client": client}, passed=not failed,
+                               figures=figures_of(results), detail={"results": results})
+    print(f"(written to {path})")
     if failed:
         print(f"\nERROR: non-2xx responses in {[(r['endpoint'], r['connections']) for r in failed]}", file=sys.stderr)
         return 1

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Soak under injected faults: the real API, consumers and relay against a private PostgreSQL and
-a private RabbitMQ node, mixed traffic for --duration seconds, faults on a schedule, then checks.
+"""Soak under injected faults: the real processes against private servers, faults on a schedule, checks.
+
+The real API, consumers and relay against a private PostgreSQL and a private RabbitMQ node, mixed
+traffic for --duration seconds, faults on a schedule, then checks.
 
     bench/soak                    # 5 minutes (300 s), every fault at least once
     bench/soak --duration 30      # the CI version (tests/soak/test_soak.py)
 
-Traffic (bench/soak_traffic.py): executions in the three order shapes of SPEC §2.3 over 50 assets,
-10% of them published again later (duplicates) and 10% held back and published after newer ones
-(reordered); exchange position events (the three shapes of §2.4); 1% poison messages (§4.3);
+Traffic (bench/soak_traffic.py): executions in the three order shapes over 50 assets, 10% of them
+published again later (duplicates) and 10% held back and published after newer ones (reordered);
+exchange position events (the three position shapes); 1% poison messages (every kind of bad input);
 API reads (portfolio, positions, one position, exposure) from several client threads.
 
 Faults (each at least once, spread over the run; times recorded): SIGKILL of the order consumer,
@@ -15,13 +17,13 @@ SIGKILL of the relay (bin/consume's supervisor restarts both), a gunicorn worker
 master respawns it), the RabbitMQ node stopped and started, PostgreSQL stopped (-m immediate, then
 -m fast on the next round) and started.
 
-Checks at the end (after draining, with a deadline): every position equals the Python fold of the
-executions published, and pm.fold_ledger of its ledger; the ledger holds exactly the published
+Checks at the end (after draining, with a deadline): every position equals the reference fold
+(bench/reference.py) of the executions published, and pm.fold_ledger of its ledger; the ledger holds exactly the published
 execution keys (zero lost, zero doubled); every audited change (pm.outbox) reached the
 position_updated queue; the dead-letter queue holds exactly the poison messages; the API answered
 no 5xx but 503, and 503 only while PostgreSQL was down; the queues drained after every fault.
-Exit status 0 only when every check passes. Writes a JSON record (time series included) for
-bench/report to --json (default bench/out/soak.json).
+Exit status 0 only when every check passes. Writes the record (time series included) to
+bench/results/soak.json (--json FILE elsewhere) for bench/report.
 """
 from __future__ import annotations
 
@@ -45,14 +47,14 @@ import pika
 import psycopg
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from soak_procs import ROOT, PrivateRabbit, Service, SoakPostgres, child_env, free_port, wait_http  # noqa: E402
-from soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold, fold_hedge  # noqa: E402
-
+from app import broker  # noqa: E402
 from app import db as appdb  # noqa: E402
 from app import settings as settings_mod  # noqa: E402
-from app import broker  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import ROOT, PrivatePostgres, PrivateRabbit, Service, figure, free_port, q, wait_http  # noqa: E402
+from bench.soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold, fold_hedge  # noqa: E402
 from jobs import migrate  # noqa: E402
 
 API_KEY = "soak-key"
@@ -217,7 +219,7 @@ def sample(settings: settings_mod.Settings, record: Record, stop: threading.Even
         try:
             if db is None or db.closed or db.broken:
                 db = appdb.connect(settings, autocommit=True)
-            row = db.execute(appdb.q("soak_sample")).fetchone()
+            row = db.execute(q("soak_sample")).fetchone()
             point["ledger_rows"], point["outbox_pending"], point["dead_letters"] = row
         except psycopg.Error:
             if db is not None:
@@ -277,7 +279,7 @@ class Soak:
         self.stop_traffic = threading.Event()
         self.stop_all = threading.Event()
         self.threads: list[threading.Thread] = []
-        self.pg: SoakPostgres | None = None
+        self.pg: PrivatePostgres | None = None
         self.mq: PrivateRabbit | None = None
         self.api: Service | None = None
         self.consume: Service | None = None
@@ -293,7 +295,7 @@ class Soak:
         self.mq = PrivateRabbit()
         rabbit_start = threading.Thread(target=self._start_rabbit, daemon=True)
         rabbit_start.start()                    # the slow one (an Erlang VM), beside initdb
-        self.pg = SoakPostgres()
+        self.pg = PrivatePostgres()
         self.pg.start()
         rabbit_start.join()
         if self.rabbit_error is not None:
@@ -310,8 +312,8 @@ class Soak:
                # the exchange's average price would be adopted as an avg_correction: a deliberate
                # departure from the fold of the fills, tested in tests/sql; here the fills own it all
                "POSITION_MANAGER_USE_WS_AVG_PRICE": "false"}
-        self.env = child_env(env)
-        self.settings = settings_mod.load(self.env)
+        self.settings = settings_mod.load(env)
+        self.env = common.service_env(self.settings, clean=True, **env)
         log(f"PostgreSQL on :{self.pg.port}, RabbitMQ node {self.mq.node} on :{self.mq.port}; migrating ...")
         migrate.ensure_database(self.settings)
         migrate.apply(self.settings)
@@ -361,7 +363,7 @@ class Soak:
     def _count(self, name: str) -> int | None:
         try:
             with appdb.connect(self.settings, autocommit=True) as conn:
-                return conn.execute(appdb.q(name)).fetchone()[0]
+                return conn.execute(q(name)).fetchone()[0]
         except psycopg.Error:
             return None
 
@@ -397,7 +399,7 @@ class Soak:
                 elif fault.kind == "postgres_restart":
                     mode = ("immediate", "fast")[pg_rounds % 2]
                     pg_rounds += 1
-                    self.pg.stop_mode(mode)
+                    self.pg.stop(mode)
                     time.sleep(self.args.pg_down)
                     self.pg.start()
                     fault.detail = f"pg_ctl stop -m {mode}, down {self.args.pg_down:.0f}s, started again"
@@ -549,7 +551,7 @@ class Soak:
     def _outbox_ids(self) -> set[str] | None:
         try:
             with appdb.connect(self.settings, autocommit=True) as conn:
-                return {r[0] for r in conn.execute(appdb.q("soak_position_events"))}
+                return {r[0] for r in conn.execute(q("soak_position_events"))}
         except psycopg.Error:
             return None
 
@@ -559,9 +561,9 @@ class Soak:
         checks: list[tuple[str, bool, str]] = [("drained within the deadline", drained,
                                                 f"--drain-timeout {self.args.drain_timeout:.0f}s")]
         with appdb.connect(self.settings, autocommit=True) as conn:
-            ledger = {k: kind for k, kind in conn.execute(appdb.q("soak_ledger_keys"))}
-            rows = conn.execute(appdb.q("soak_positions_with_fold")).fetchall()
-            outbox = conn.execute(appdb.q("soak_position_events")).fetchall()
+            ledger = {k: kind for k, kind in conn.execute(q("soak_ledger_keys"))}
+            rows = conn.execute(q("soak_positions_with_fold")).fetchall()
+            outbox = conn.execute(q("soak_position_events")).fetchall()
 
         # 1. the ledger holds exactly the published executions
         want = {e.key: e.kind for es in per_asset.values() for e in es}
@@ -735,22 +737,46 @@ class Soak:
         print(f"SOAK {'PASSED' if passed else 'FAILED'}: {args.duration:.0f}s, "
               f"{sum(len(m.executions) for _, m in record.published if not m.duplicate_of)} executions, "
               f"{sum(f.ok for f in record.faults)} faults")
-        out = {"passed": passed, "duration": args.duration, "config": {k: v for k, v in vars(args).items()},
-               "traffic_end": self.traffic_end,
-               "faults": [asdict(f) for f in record.faults], "checks": [list(c) for c in checks],
-               "published": dict(kinds), "timeseries": record.samples,
-               "api": {"requests": len(record.api), "statuses": {str(k): v for k, v in Counter(s for _, _, s, _ in record.api).items()},
-                       "p50_ms": pct[49] * 1000, "p90_ms": pct[89] * 1000, "p99_ms": pct[98] * 1000},
-               "load_average": os.getloadavg()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str))
-        print(f"(record written to {args.json}; process logs in {args.log_dir})")
+        executions = sum(len(m.executions) for _, m in record.published if not m.duplicate_of)
+        recovered = [f.recovered_after for f in record.faults if f.recovered_after is not None]
+        peaks = [f.peak_backlog for f in record.faults if f.peak_backlog is not None]
+        figures = [
+            figure("executions", "executions published, each found once in the ledger and in the fold", executions,
+                   "executions"),
+            figure("faults", "faults injected (consumer, relay and API worker killed, PostgreSQL and RabbitMQ "
+                             "restarted)", sum(f.ok for f in record.faults), "faults"),
+            figure("api_p50", "API latency under faults, p50 of the 200s", pct[49] * 1000, "ms"),
+            figure("api_p99", "API latency under faults, p99 of the 200s", pct[98] * 1000, "ms"),
+            figure("recovery_max", "slowest return of the backlog to ~0 after a fault ended",
+                   max(recovered) if recovered else None, "s"),
+            figure("peak_backlog_max", "largest backlog after a fault (ready messages + unrelayed changes)",
+                   max(peaks) if peaks else None, "messages"),
+        ]
+        params = {k: v for k, v in vars(args).items() if k not in ("json", "log_dir")}
+        path = common.write_result(
+            "soak", command=command_line(args), params=params, passed=passed, figures=figures, path=args.json,
+            detail={"traffic_end": self.traffic_end, "faults": [asdict(f) for f in record.faults],
+                    "checks": [list(c) for c in checks], "published": dict(kinds), "timeseries": record.samples,
+                    "api": {"requests": len(record.api),
+                            "statuses": {str(k): v for k, v in Counter(s for _, _, s, _ in record.api).items()},
+                            "p50_ms": pct[49] * 1000, "p90_ms": pct[89] * 1000, "p99_ms": pct[98] * 1000}})
+        print(f"(record written to {path}; process logs in {args.log_dir})")
         if not passed:
             for service in (self.consume, self.api):
                 if service is not None:
                     print(f"---- last lines of {service.log_path}")
                     print(service.tail(20))
         return 0 if passed else 1
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """`bench/soak` with the options of this run that differ from what --duration alone implies."""
+    implied = vars(parse_args(["--duration", f"{args.duration:g}"]))
+    parts = ["bench/soak", "--duration", f"{args.duration:g}"]
+    for key, value in vars(args).items():
+        if key not in ("duration", "json", "log_dir") and value != implied[key]:
+            parts += [f"--{key.replace('_', '-')}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return " ".join(parts)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -772,7 +798,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                     help="of our processes (default WARNING; the exit check reads their ERROR lines)")
-    ap.add_argument("--json", default=str(ROOT / "bench" / "out" / "soak.json"))
+    ap.add_argument("--json", default=None, help="where to write the record (default bench/results/soak.json)")
     ap.add_argument("--log-dir", default=None, help="process logs (default bench/out/soak-logs)")
     args = ap.parse_args(argv)
     long_run = args.duration >= 300
@@ -781,7 +807,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.lag_deadline is None:
         args.lag_deadline = 60.0 if long_run else 30.0
     if args.log_dir is None:
-        args.log_dir = str(ROOT / "bench" / "out" / "soak-logs")
+        args.log_dir = str(common.OUT / "soak-logs")
     if args.duration < 10:
         ap.error("--duration must be at least 10 seconds (five faults are spread over it)")
     return args

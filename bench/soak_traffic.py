@@ -1,15 +1,15 @@
 """The soak's traffic: message bodies as the real producers send them, and the record of what
 they mean, so that the end state can be checked against a fold computed here.
 
-Order/fill messages come in all three shapes of SPEC §2.3 (A per-execution, B order-manager's
+Order/fill messages come in all three order shapes (A per-execution, B order-manager's
 cumulative order events, C Bybit execution records incl. Funding), over 50 assets. Every
 execution gets a unique execution time (milliseconds, strictly increasing in generation order),
 so the ledger order (time, seq, key) is the generation order and the expected fold is exact.
-Position events use the three shapes of SPEC §2.4. Poison messages are of the kinds of §4.3.
+Position events use the three position shapes. Poison messages are every kind of bad input.
 
-Pure: nothing here talks to a server. `fold()` / `fold_hedge()` apply the SQL-core tests' reference
-of SPEC §2.2 (tests/sql/helpers.py: Decimal, rounded to the 8 decimals of the shared tables exactly as
-pm.step does, Funding realized only) in ledger order.
+Pure: nothing here talks to a server. `fold()` / `fold_hedge()` apply the reference fold
+(bench/reference.py: Decimal, rounded to the 8 decimals of the shared tables, Funding realized only)
+in ledger order.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
-from tests.sql.helpers import Fill, ref_fold
+from bench.reference import Fill, ref_fold
 
 Q8 = Decimal("0.00000001")
 ORDER_QUEUE, POSITION_QUEUE = "order", "position"   # roles; the real names come from the settings
@@ -74,13 +74,13 @@ class Message:
 class Unit:
     """Messages published together, in this order (one order's cumulative events stay in order).
     A hedge unit is never held back: a reduce delivered before the fill that opened its leg is
-    invalid input (SPEC §2.2), so hedge legs depend on delivery order, unlike one-way positions."""
+    invalid input, so hedge legs depend on delivery order, unlike one-way positions."""
     messages: list[Message] = field(default_factory=list)
     reorderable: bool = True
 
 
 def _reference(executions):
-    """The reference state (tests/sql/helpers.py, SPEC §2.2 in Decimal) after `executions` in ledger
+    """The reference state (bench/reference.py) after `executions` in ledger
     order (time, seq, key)."""
     ordered = sorted(executions, key=lambda e: (e.time_ms, e.seq, e.key))
     return ref_fold([Fill(side=e.side, qty=e.qty, price=e.price, fee=e.fee, minute=i, leg=e.leg,
@@ -151,7 +151,7 @@ class Traffic:
         rate = Decimal("-0.0001") if self.rng.random() < 0.2 else Decimal("0.00055")   # maker rebate sometimes
         return q8(qty * price * rate)
 
-    # ---- order messages (SPEC §2.3) ------------------------------------------------------------
+    # ---- order messages (shapes A, B, C) --------------------------------------------------------
 
     def order_unit(self) -> Unit:
         r = self.rng.random()
@@ -276,7 +276,7 @@ class Traffic:
                     "data": records}
         return Message(ORDER_QUEUE, json.dumps(body).encode(), str(uuid.uuid4()), "order_C", tuple(executions))
 
-    # ---- position events (SPEC §2.4) -----------------------------------------------------------
+    # ---- position events (shapes A, B, C) ------------------------------------------------------
 
     def position_event(self) -> Message:
         asset = self.rng.choice(self.assets)
@@ -310,7 +310,7 @@ class Traffic:
             kind = "position_C"
         return Message(POSITION_QUEUE, json.dumps(body).encode(), event_id, kind, mark=(asset, ms, seq, mark))
 
-    # ---- poison (SPEC §4.3) ----------------------------------------------------------------------
+    # ---- poison: every kind of bad input --------------------------------------------------------
 
     POISON_KINDS = ("invalid_json", "missing_field", "zero_quantity", "negative_price", "nan",
                     "bad_symbol", "hedge_below_zero", "position_invalid_json", "position_bad_side")

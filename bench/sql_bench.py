@@ -1,20 +1,22 @@
 #!/usr/bin/env python3
 """SQL core benchmark: executions/s through pm.apply_order_event on one connection.
 
-Measured in one run, on a fresh database migrated from sql/:
-  * PostgreSQL's own `pgbench -b simple-update`, one client (the reference: one small
-    read-write transaction per commit on this machine's disk);
-  * pm.apply_order_event committing every k executions (k = 1 and k = 100), plain calls and
-    psycopg pipeline mode (no round trip wait per call), and for comparison pm.apply_batch with
-    100 executions per call (the consumers' path: one write per position per batch);
-  * the same against a second database whose ledger holds --ledger-rows executions more (default
-    one million), to show that the cost of a fill does not grow with history. The two databases
-    take turns, run by run, so that a slow spell of the machine hits both alike.
+Measured in one run, on databases migrated from sql/:
+  * PostgreSQL's own `pgbench -b simple-update`, one client: the reference (one small read-write
+    transaction per commit on this machine's disk);
+  * pm.apply_order_event committing every k executions (k = 1 and k = 100), with one round trip
+    per call and in psycopg pipeline mode (the calls sent without waiting for each result), and
+    pm.apply_batch with 100 executions per call (the consumers' path: one write per position per
+    batch);
+  * the same against a second database whose ledger holds --ledger-rows executions more, to show
+    that the cost of a fill does not grow with history. The two databases take turns, run by run,
+    so that a slow spell of the machine hits both alike.
+Every figure is the median of --repeat runs.
 
-    bench/sql_bench.py                 # full run, every figure the median of 3 (about 8 minutes)
-    bench/sql_bench.py --n 5000 --ledger-rows 100000 --pgbench-seconds 5 --repeat 1   # quick look
+    bench/run sql                                                         # full run (about 8 minutes)
+    bench/run sql --n 5000 --ledger-rows 100000 --pgbench-seconds 5 --repeat 1   # quick look
 
-Prints a table; --json FILE also writes the figures for bench/report.
+Writes bench/results/sql.json (--json FILE elsewhere).
 """
 from __future__ import annotations
 
@@ -31,17 +33,20 @@ from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
-import psycopg
-from psycopg import sql
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import psycopg  # noqa: E402
 
 from app import settings as settings_mod  # noqa: E402
-from jobs import migrate  # noqa: E402
+from bench import common  # noqa: E402
+from bench.common import figure, q, reference  # noqa: E402
 
 ASSETS = [f"B{i:02d}USDT" for i in range(50)]
-APPLY = "SELECT pm.apply_order_event(%s::jsonb)"
+# (key, label, commit every k, how the calls are sent)
+RUNS = [("k1", "pm.apply_order_event, commit every execution", 1, "plain"),
+        ("k100", "pm.apply_order_event, commit every 100", 100, "plain"),
+        ("k100_pipeline", "pm.apply_order_event, commit every 100, pipelined", 100, "pipeline"),
+        ("k100_apply_batch", "pm.apply_batch, 100 executions per call and commit (the consumers' path)", 100, "batch")]
 
 
 def executions(n: int, start: datetime, prefix: str, seed: int = 7):
@@ -61,40 +66,38 @@ def executions(n: int, start: datetime, prefix: str, seed: int = 7):
         })
 
 
-def apply_rate(conn: psycopg.Connection, events: list[str], k: int, pipeline: bool | str) -> float:
+def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) -> float:
     t0 = time.perf_counter()
     with conn.cursor() as cur:
         for i in range(0, len(events), k):
             chunk = events[i:i + k]
-            if pipeline == "batch":
-                # the consumers' path: one pm.apply_batch call per k executions
-                cur.execute("SELECT pm.apply_batch('order', %s::jsonb, false)", ("[" + ",".join(chunk) + "]",))
-            elif pipeline:
+            if how == "batch":
+                cur.execute(q("sql_apply_batch"), ("[" + ",".join(chunk) + "]",))
+            elif how == "pipeline":
                 with conn.pipeline():
                     for ev in chunk:
-                        cur.execute(APPLY, (ev,))
+                        cur.execute(q("sql_apply_order_event"), (ev,))
             else:
                 for ev in chunk:
-                    cur.execute(APPLY, (ev,))
+                    cur.execute(q("sql_apply_order_event"), (ev,))
             conn.commit()
     return len(events) / (time.perf_counter() - t0)
 
 
 def pgbench_tps(settings, seconds: int) -> float | None:
-    exe = shutil.which("pgbench") or "/usr/lib/postgresql/15/bin/pgbench"
+    exe = shutil.which("pgbench") or str(common.PG_BIN / "pgbench")
     if not os.path.exists(exe):
         return None
-    db = "pm_bench_pgbench"
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
-        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+    db = f"pm_bench_pgbench_{os.getpid()}"
+    common.create_database(settings, db)          # pgbench's own tables, not migrated
     env = dict(os.environ, PGPASSWORD=settings.postgres_password or "")
     base = [exe, "-h", settings.postgres_host, "-p", str(settings.postgres_port), "-U", settings.postgres_user]
-    subprocess.run(base + ["-i", "-q", db], check=True, capture_output=True, env=env)
-    out = subprocess.run(base + ["-b", "simple-update", "-c", "1", "-T", str(seconds), db],
-                         check=True, capture_output=True, text=True, env=env).stdout
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-        c.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(db)))
+    try:
+        subprocess.run(base + ["-i", "-q", db], check=True, capture_output=True, env=env)
+        out = subprocess.run(base + ["-b", "simple-update", "-c", "1", "-T", str(seconds), db],
+                             check=True, capture_output=True, text=True, env=env).stdout
+    finally:
+        common.drop_database(settings, db)
     for line in out.splitlines():
         if line.startswith("tps"):
             return float(line.split("=")[1].split()[0])
@@ -103,94 +106,78 @@ def pgbench_tps(settings, seconds: int) -> float | None:
 
 def grow_ledger(conn: psycopg.Connection, rows: int) -> None:
     """Add `rows` historical ledger rows, older than anything benchmarked, spread over the
-    benchmark's 50 positions and 950 other ones (set-based: a real fold of a million fills
-    through the function would take minutes and measure the same thing)."""
-    conn.execute("""
-        INSERT INTO public.positions (asset, mode, size, realized_pnl, unrealized_pnl, version, created_at)
-        SELECT a, 'one-way', 0, 0, 0, 1, now()
-          FROM (SELECT 'H' || lpad(g::text, 4, '0') || 'USDT' FROM generate_series(1, 950) g
-                UNION ALL SELECT unnest(%s::text[])) AS n(a)
-            ON CONFLICT DO NOTHING""", (ASSETS,))
-    conn.execute("""
-        INSERT INTO pm.executions (position_id, exec_key, kind, source, side, qty, price, fee, exec_time,
-                                   state_after)
-        SELECT ids.a[1 + g %% array_length(ids.a, 1)], 'hist-' || g, 'trade', 'order_execution',
-               CASE WHEN g %% 2 = 0 THEN 'Buy' ELSE 'Sell' END,
-               1, 100 + (g %% 50), 0.01, timestamptz '2020-01-01' + g * interval '1 millisecond',
-               ROW(0, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL)::pm.pos_state
-          FROM generate_series(1, %s) g,
-               (SELECT array_agg(id ORDER BY asset) AS a FROM public.positions) ids""",
-                 (rows,))
+    benchmark's 50 positions and 950 other ones."""
+    conn.execute(q("sql_grow_ledger_positions"), {"assets": ASSETS})
+    conn.execute(q("sql_grow_ledger_rows"), {"rows": rows})
     conn.commit()
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=20000, help="executions per measurement (default 20000)")
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="bench/run sql", description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20000, help="executions per measurement (default 20000; k = 1: n/10)")
     ap.add_argument("--ledger-rows", type=int, default=1_000_000)
     ap.add_argument("--pgbench-seconds", type=int, default=15)
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each measurement (and of pgbench); the median is reported (default 3)")
-    ap.add_argument("--json", help="also write the figures to this file")
-    args = ap.parse_args(argv)
+    common.add_json_option(ap, "sql")
+    return ap
 
+
+def main(argv=None) -> int:
+    ap = parser()
+    args = ap.parse_args(argv)
     settings = settings_mod.load()
-    # two databases of the same cluster: one starts empty, the other holds the grown ledger; the
-    # measurements alternate between them, so that the machine's slow spells (checkpoints,
-    # autovacuum, neighbours) hit both sides alike
-    dbs = {"empty": f"pm_bench_sql_{os.getpid()}_empty", "1m": f"pm_bench_sql_{os.getpid()}_1m"}
-    with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-        for dbname in dbs.values():
-            c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    # two databases of the same cluster: one starts empty, the other holds the grown ledger
+    dbs = {"empty": f"pm_bench_sql_{os.getpid()}_empty", "grown": f"pm_bench_sql_{os.getpid()}_grown"}
     conns: dict[str, psycopg.Connection] = {}
+    runs_of: dict[str, list[float]] = {}
     try:
         for dbname in dbs.values():
-            migrate.apply(settings, dbname)
-        results: dict[str, float | None] = {}
+            common.fresh_database(settings, dbname)
         print(f"pgbench simple-update, 1 client, {args.repeat} x {args.pgbench_seconds}s ...", file=sys.stderr)
-        runs_of: dict[str, list[float]] = {}
-        runs_of["pgbench_simple_update_tps"] = [pgbench_tps(settings, args.pgbench_seconds) for _ in range(args.repeat)]
+        runs_of["pgbench"] = [pgbench_tps(settings, args.pgbench_seconds) or 0.0 for _ in range(args.repeat)]
 
         conns = {phase: psycopg.connect(**settings.conninfo(dbname)) for phase, dbname in dbs.items()}
         print(f"growing the ledger by {args.ledger_rows} rows ...", file=sys.stderr)
-        grow_ledger(conns["1m"], args.ledger_rows)
-        with psycopg.connect(**settings.conninfo(dbs["1m"]), autocommit=True) as c2:
-            c2.execute("VACUUM (ANALYZE) pm.executions")
-            c2.execute("VACUUM (ANALYZE) public.positions")
-            c2.execute("CHECKPOINT")   # the bulk insert's dirty pages: not billed to the next run
+        grow_ledger(conns["grown"], args.ledger_rows)
+        with psycopg.connect(**settings.conninfo(dbs["grown"]), autocommit=True) as c2:
+            for name in ("sql_vacuum_ledger", "sql_vacuum_positions", "sql_checkpoint"):
+                c2.execute(q(name))
         t = datetime(2026, 1, 1, tzinfo=timezone.utc)
-        runs = [("k1", 1, False), ("k100", 100, False), ("k100_pipeline", 100, True), ("k100_apply_batch", 100, "batch")]
         n_small = max(1, args.n // 10)   # k = 1 pays one fsync per execution: fewer of them
         for rep in range(args.repeat):
-            for name, k, pipe in runs:
+            for key, _, k, how in RUNS:
                 n = n_small if k == 1 else args.n
                 for phase, conn in conns.items():
-                    evs = list(executions(n, t, f"{phase}-{name}-{rep}"))
-                    print(f"#{rep + 1} {phase}: {name}, {n} executions ...", file=sys.stderr)
-                    runs_of.setdefault(f"{phase}_{name}_per_s", []).append(apply_rate(conn, evs, k, pipe))
+                    evs = list(executions(n, t, f"{phase}-{key}-{rep}"))
+                    print(f"#{rep + 1} {phase}: {key}, {n} executions ...", file=sys.stderr)
+                    runs_of.setdefault(f"{phase}_{key}", []).append(apply_rate(conn, evs, k, how))
                 t += timedelta(days=1)
-        results["ledger_rows_at_end"] = conns["1m"].execute("SELECT count(*) FROM pm.executions").fetchone()[0]
+        ledger_rows = conns["grown"].execute(q("ledger_rows")).fetchone()[0]
     finally:
         for conn in conns.values():
             conn.close()
-        with psycopg.connect(**settings.conninfo("postgres"), autocommit=True) as c:
-            for dbname in dbs.values():
-                c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(dbname)))
+        for dbname in dbs.values():
+            common.drop_database(settings, dbname)
 
-    for key, values in runs_of.items():
-        results[key] = statistics.median(v or 0 for v in values)
-    ref = results["pgbench_simple_update_tps"]
-    print()
-    print(f"{'measurement (median of ' + str(args.repeat) + ')':44} {'per second':>12} {'x pgbench':>10}   runs")
-    for key, values in runs_of.items():
-        value = results[key]
-        ratio = f"{value / ref:10.2f}" if ref and value and key != "pgbench_simple_update_tps" else " " * 10
-        print(f"{key:44} {value:12.0f} {ratio}   {' '.join(f'{v or 0:.0f}' for v in values)}")
-    for name, _, _ in runs:
-        a, b = results[f"empty_{name}_per_s"], results[f"1m_{name}_per_s"]
-        print(f"rate at {results['ledger_rows_at_end']} ledger rows vs empty ({name}): {100 * b / a:.1f}%")
-    if args.json:
-        Path(args.json).write_text(json.dumps(dict(results, runs=runs_of), indent=2))
+    median = {key: statistics.median(values) for key, values in runs_of.items()}
+    pgbench = median["pgbench"] or None
+    ref = reference("pgbench -b simple-update, 1 client", pgbench, "transactions/s")
+    figures = [figure("pgbench", "pgbench -b simple-update, 1 client (the reference)", pgbench, "transactions/s")]
+    for key, label, _, _ in RUNS:
+        figures.append(figure(f"empty_{key}", label, median[f"empty_{key}"], "executions/s", reference=ref))
+    for key, label, _, _ in RUNS:
+        figures.append(figure(f"grown_{key}", f"{label}, {ledger_rows:,} ledger rows", median[f"grown_{key}"],
+                              "executions/s", reference=reference(f"{label}, empty ledger",
+                                                                   median[f"empty_{key}"], "executions/s")))
+    path = common.write_result("sql", command=common.explicit_command("sql", ap, args), params=vars(args),
+                               figures=figures, detail={"ledger_rows_at_end": ledger_rows, "runs": runs_of},
+                               path=args.json)
+    print(f"\n{'measurement (median of ' + str(args.repeat) + ')':72} {'per second':>11} {'x ref':>7}")
+    for f in figures:
+        ratio = f"{f['value'] / f['reference']['value']:7.2f}" if f["reference"] and f["reference"]["value"] else ""
+        print(f"{f['label']:72} {f['value'] or 0:11,.0f} {ratio}")
+    print(f"(written to {path})")
     return 0
 
 

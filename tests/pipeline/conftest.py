@@ -47,6 +47,17 @@ def mq_vhost():
         yield "/"
 
 
+def queue_counts(vhost: str, queue: str, node: str | None = None) -> dict:
+    """{"messages": ready + unacknowledged, "messages_unacknowledged": n} from rabbitmqctl."""
+    cmd = ["rabbitmqctl", *(["-n", node] if node else []), "list_queues", "-p", vhost,
+           "name", "messages", "messages_unacknowledged", "--formatter", "json", "-q"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    for row in json.loads(out or "[]"):
+        if row["name"] == queue:
+            return row
+    return {}
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
     """Poll until predicate() is truthy; return its value or fail naming what was awaited."""
     deadline = time.monotonic() + timeout

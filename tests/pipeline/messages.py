@@ -1,15 +1,13 @@
-"""Message bodies as the real producers send them, and a reference fold of
-one-way executions in Decimal, rounded like the shared tables (8 decimals)."""
+"""Message bodies as the real producers send them (the order and position shapes of
+docs/contract.md); `fold` is the reference fold of one-way executions (bench/reference.py)."""
 from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta, timezone
-from decimal import ROUND_HALF_UP, Decimal
 
-from tests.sql.helpers import Fill, ref_fold
+from bench.reference import fold_fills as fold  # noqa: F401  (the tests call m.fold)
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
-Q8 = Decimal("0.00000001")
 
 
 def iso(seconds: float) -> str:
@@ -61,15 +59,3 @@ def ws_position(symbol: str, size, side: str, mark, avg=None, at: float = 0, idx
             "timestamp": iso(at), "received_at": iso(at + 0.01), "trace_id": f"trace-{uuid.uuid4().hex[:8]}",
             "payload": {"symbol": symbol, "size": str(size), "side": side, "avg_price": None,
                         "unrealised_pnl": "0", "realised_pnl": "0", "mode": idx, "timestamp": iso(at), "raw": raw}}
-
-
-def q8(x: Decimal) -> Decimal:
-    return x.quantize(Q8, rounding=ROUND_HALF_UP)
-
-
-def fold(fills) -> tuple[Decimal, Decimal | None, Decimal]:
-    """(size, average, realized) after one-way fills (side, qty, price, fee) in this order: the SQL-core
-    tests' reference fold (tests/sql/helpers.py)."""
-    st = ref_fold([Fill(side=side, qty=q8(Decimal(qty)), price=q8(Decimal(price)), fee=q8(Decimal(fee)), minute=i)
-                   for i, (side, qty, price, fee) in enumerate(fills)])
-    return st.size, st.avg, st.realized

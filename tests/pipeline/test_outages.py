@@ -9,11 +9,11 @@ import shutil
 import pytest
 
 from app import settings as settings_mod
+from bench.common import PG_BIN, RABBIT_BIN, PrivatePostgres, PrivateRabbit
 from jobs import migrate
 from tests.conftest import base_environ
 from tests.pipeline import messages as m
-from tests.pipeline.conftest import Pipeline, wait_for
-from tests.pipeline.servers import PG_BIN, RABBIT_BIN, PrivatePostgres, PrivateRabbit, queue_counts
+from tests.pipeline.conftest import Pipeline, queue_counts, wait_for
 
 pytestmark = pytest.mark.slow
 

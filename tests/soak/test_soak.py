@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from soak_traffic import Execution, Traffic, fold, fold_hedge, plain  # noqa: E402
-
-from tests.pipeline.servers import PG_BIN, RABBIT_BIN  # noqa: E402
+from bench.common import PG_BIN, RABBIT_BIN, ROOT
+from bench.soak_traffic import Execution, Traffic, fold, fold_hedge, plain
 
 
 def _fills(*fills):
@@ -141,16 +135,17 @@ def test_soak_30_seconds_with_every_fault(tmp_path):
     print(proc.stdout[-6000:], proc.stderr[-3000:])
     assert proc.returncode == 0, proc.stdout[-3000:]
     record = json.loads(out.read_text())
-    assert record["passed"]
-    assert {f["kind"] for f in record["faults"] if f["ok"]} == {
+    assert record["passed"] and record["benchmark"] == "soak"
+    assert {f["kind"] for f in record["detail"]["faults"] if f["ok"]} == {
         "consumer_kill", "relay_kill", "api_worker_kill", "rabbitmq_restart", "postgres_restart"}
-    assert all(ok for _, ok, _ in record["checks"])
+    assert all(ok for _, ok, _ in record["detail"]["checks"])
+    assert {f["key"] for f in record["figures"]} >= {"executions", "api_p99", "recovery_max"}
 
 
 def _checks_for(settings, db, monkeypatch, drop_published: int = 0, drop_event: int = 0) -> dict[str, bool]:
     """The soak's end-of-run checks over a database filled through the SQL core, with a record
     that misses `drop_published` published messages and `drop_event` received events."""
-    import soak
+    from bench import soak
     traffic = Traffic(seed=11, assets=4)
     messages = traffic.warmup() + [m for _ in range(60) for m in traffic.order_unit().messages]
     for m in messages:
