@@ -10,7 +10,7 @@ SELECT pm.apply_order_event(%s::jsonb)
 
 -- name: sql_apply_batch
 -- The consumers' path: a JSON array of executions in one call, each position written once.
-SELECT pm.apply_batch('order', %s::jsonb, false)
+SELECT pm.apply_batch('order', %s::jsonb)
 
 -- name: sql_grow_ledger_positions
 -- Positions for the grown ledger: the benchmark's own assets and 950 others, flat.
