@@ -18,7 +18,7 @@ import psycopg
 
 from app import sqlstates
 from app.api.keys import SCOPES, digest, new_key
-from app.db import connect, q
+from app.db import connect, q, write
 from app.settings import entry_point, load
 from jobs.common import database_failure
 
@@ -44,8 +44,8 @@ def _create(conn, args) -> int:
         print("bin/api-keys: --rate-limit must be > 0", file=sys.stderr)
         return 2
     key = new_key()
-    (created,) = conn.execute(q("extras_api_key_create"), {"name": args.name, "key_hash": digest(key),
-                                                          "scope": args.scope, "rate_limit": args.rate_limit}).fetchone()
+    (created,) = write(conn, "extras_api_key_create", {"name": args.name, "key_hash": digest(key),
+                                                       "scope": args.scope, "rate_limit": args.rate_limit})
     limit = created["rate_limit"] or "default"
     print(f"created API key {created['name']} (scope {created['scope']}, rate limit {limit}/min):")
     print(key)
@@ -67,7 +67,7 @@ def _list(conn, args) -> int:
 
 
 def _revoke(conn, args) -> int:
-    (revoked,) = conn.execute(q("extras_api_key_revoke"), {"name": args.name}).fetchone()
+    (revoked,) = write(conn, "extras_api_key_revoke", {"name": args.name})
     print(f"revoked API key {revoked['name']} (scope {revoked['scope']}) at {revoked['revoked_at']}")
     return 0
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import time
 
-from app.db import q
+from app.db import write
 from jobs import common
 
 PROGRESS_EVERY_SECONDS = 2.0
@@ -19,8 +19,7 @@ def _cleanup(ctx: common.JobContext, args) -> int:
     started = last_report = time.monotonic()
     total = batches = 0
     while True:
-        deleted = ctx.conn.execute(q("job_cleanup_snapshots"),
-                                   {"retention_days": retention, "batch_size": args.batch_size}).fetchone()[0]
+        (deleted,) = write(ctx.conn, "job_cleanup_snapshots", {"retention_days": retention, "batch_size": args.batch_size})
         total += deleted
         batches += 1
         now = time.monotonic()

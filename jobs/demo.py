@@ -20,7 +20,7 @@ import pika
 import psycopg
 
 from app import broker, logs, sqlstates
-from app.db import connect, q
+from app.db import connect, q, write
 from app.settings import Settings, entry_point, load
 from jobs.common import database_failure
 
@@ -113,8 +113,7 @@ def apply_sql(conn: psycopg.Connection, query: str, events: list[dict]) -> list[
     problems = []
     for event in events:
         try:
-            with conn.transaction():
-                conn.execute(q(query), {"event": json.dumps(event)})
+            write(conn, query, {"event": json.dumps(event)})
         except psycopg.Error as exc:
             message = exc.diag.message_primary or " ".join(str(exc).split())
             problems.append(f"{event.get('trace_id')}: SQLSTATE {exc.sqlstate}: {message}")

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Callable
 
-from app.db import q
+from app.db import q, write
 from jobs import common
 from jobs.bybit import BybitClient, PriceApiError
 
@@ -36,8 +36,7 @@ def _refresh(ctx: common.JobContext, args, sleep: Callable[[float], None]) -> in
     missing = [symbol for symbol in stale if symbol not in tickers.prices]
     result = {"updated": 0, "unchanged": 0, "unknown": []}
     if prices:
-        result = ctx.conn.execute(q("job_set_prices"), {"prices": json.dumps(prices), "trace": ctx.trace_id,
-                                                        "actor": ACTOR}).fetchone()[0]
+        (result,) = write(ctx.conn, "job_set_prices", {"prices": json.dumps(prices), "trace": ctx.trace_id, "actor": ACTOR})
     elapsed = time.monotonic() - started
     for symbol in missing:
         ctx.log.warning("symbol missing from Bybit's tickers; last known price kept",

@@ -5,13 +5,13 @@ from __future__ import annotations
 import sys
 import time
 
-from app.db import q
+from app.db import write
 from jobs import common
 
 
 def _snapshot(ctx: common.JobContext, args) -> int:
     started = time.monotonic()
-    result = ctx.conn.execute(q("job_snapshot_all"), {"trace": ctx.trace_id}).fetchone()[0]
+    (result,) = write(ctx.conn, "job_snapshot_all", {"trace": ctx.trace_id})
     count = int(result.get("snapshots", 0))
     elapsed = time.monotonic() - started
     ctx.log.info("snapshots taken", extra={"result": result, "seconds": round(elapsed, 3)})

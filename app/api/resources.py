@@ -15,7 +15,7 @@ from app.api import params
 from app.api.cache import PortfolioCache
 from app.api.errors import not_found
 from app.api.middleware import actor, connection
-from app.db import q
+from app.db import q, write
 
 OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
 POSITIONS_LIMIT_MAX = 10000
@@ -32,6 +32,13 @@ def send_json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -
 def call_one(req: falcon.Request, name: str, args: dict):
     """The one value of the one row of the named query, on the request's connection."""
     (result,) = connection(req).execute(q(name), args).fetchone()
+    return result
+
+
+def call_write(req: falcon.Request, name: str, args: dict):
+    """As call_one, for a statement that writes: in a write transaction of its own, behind the
+    upgrade gate (app.db.write)."""
+    (result,) = write(connection(req), name, args)
     return result
 
 
@@ -92,7 +99,7 @@ class ValidateResource:
         args = {"asset": params.asset_value(asset), "mode": params.mode(req),
                 "fix": params.boolean(req, "fix_discrepancies", False),
                 "trace": req.context.trace_id, "actor": actor(req)}
-        send_json(resp, call_one(req, "api_validate_position", args))
+        send_json(resp, call_write(req, "api_validate_position", args))
 
 
 class SnapshotResource:
@@ -101,7 +108,7 @@ class SnapshotResource:
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "trace": req.context.trace_id}
-        send_json(resp, call_one(req, "api_snapshot_position", args), falcon.HTTP_201)
+        send_json(resp, call_write(req, "api_snapshot_position", args), falcon.HTTP_201)
 
 
 class SnapshotsResource:

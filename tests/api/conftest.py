@@ -18,7 +18,7 @@ import requests
 from falcon import testing
 
 from app.api import create_app, make_api_pool
-from tests.pipeline.servers import free_port
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "test-key"

@@ -13,7 +13,7 @@ from falcon import testing
 from app import logs, schema
 from app.api.health import BrokerProbe
 from tests.api.conftest import API_KEY, KEY_A
-from tests.pipeline.servers import free_port
+from bench.common import free_port
 from tests.sql.calls import fill
 
 ROUTES = [

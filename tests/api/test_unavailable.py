@@ -7,7 +7,7 @@ import time
 import requests
 
 from tests.api.conftest import API_KEY, server_environ
-from tests.pipeline.servers import free_port
+from bench.common import free_port
 from tests.sql.calls import fill
 
 

@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from tests.conftest import base_environ
-from tests.pipeline.servers import free_port
+from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE_SETTINGS = ["POSITION_MANAGER_ORDER_QUEUE", "POSITION_MANAGER_POSITION_QUEUE",

@@ -13,7 +13,7 @@ from app.api import params
 from app.api.errors import ApiError, bad_parameter
 from app.api.keys import SCOPES, digest, new_key
 from app.api.middleware import actor
-from app.api.resources import PositionResource, call_one, send_json
+from app.api.resources import PositionResource, call_one, call_write, send_json
 
 HISTORY_LIMIT_MAX = 1000
 PRICES_MAX_SYMBOLS = 1000
@@ -71,7 +71,7 @@ class PositionExtResource(PositionResource):
         params.only(req, "mode")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "patch": json.dumps(json_body(req)),
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
-        result = json.loads(call_one(req, "extras_update_position_meta", args))
+        result = json.loads(call_write(req, "extras_update_position_meta", args))
         _set_etag(resp, result["position"])
         send_json(resp, json.dumps(result["position"]))
 
@@ -86,7 +86,7 @@ class CloseResource:
             raise bad_parameter("exit_price", f"must be > 0, got {req.get_param('exit_price')!r}")
         args = {"asset": params.asset_value(asset), "mode": params.mode(req), "exit_price": exit_price,
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
-        body = call_one(req, "extras_close_position", args)
+        body = call_write(req, "extras_close_position", args)
         _set_etag(resp, json.loads(body)["position"])
         send_json(resp, body)
 
@@ -102,7 +102,7 @@ class PricesResource:
         if len(prices) > PRICES_MAX_SYMBOLS:
             raise bad_parameter("body", f"at most {PRICES_MAX_SYMBOLS} symbols per request, got {len(prices)}")
         args = {"prices": json.dumps(prices), "trace": req.context.trace_id, "actor": actor(req)}
-        send_json(resp, call_one(req, "extras_set_prices", args))
+        send_json(resp, call_write(req, "extras_set_prices", args))
 
 
 class SummaryResource:
@@ -149,7 +149,7 @@ class ApiKeysResource:
                                        or not 0 < rate_limit <= 2**31 - 1):
             raise bad_parameter("rate_limit", f"expected a positive integer (requests per minute), got {rate_limit!r}")
         key = new_key()
-        created = call_one(req, "extras_api_key_create",
+        created = call_write(req, "extras_api_key_create",
                        {"name": name, "key_hash": digest(key), "scope": scope, "rate_limit": rate_limit})
         send_json(resp, json.dumps({**created, "key": key}), falcon.HTTP_201)
 
@@ -159,4 +159,4 @@ class ApiKeyResource:
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         params.only(req)
-        send_json(resp, json.dumps(call_one(req, "extras_api_key_revoke", {"name": name})))
+        send_json(resp, json.dumps(call_write(req, "extras_api_key_revoke", {"name": name})))
