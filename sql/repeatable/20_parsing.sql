@@ -8,7 +8,6 @@
 
 -- pm.j_text(obj, key, path) -> text
 -- A string field, trimmed; NULL when absent, null or empty.
-
 CREATE OR REPLACE FUNCTION pm.j_text(p_obj jsonb, p_key text, p_path text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE AS $$
 DECLARE

@@ -5,7 +5,6 @@
 
 -- pm.zero_state(mode) -> pm.pos_state
 -- The state of a position before any ledger row.
-
 CREATE OR REPLACE FUNCTION pm.zero_state(p_mode text) RETURNS pm.pos_state
 LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT CASE WHEN p_mode = 'hedge'

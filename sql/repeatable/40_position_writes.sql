@@ -5,7 +5,6 @@
 
 -- pm.lock_position(asset, mode, create) -> positions row
 -- The row locked FOR NO KEY UPDATE; with create, a missing row is inserted flat first (race-safe).
-
 CREATE OR REPLACE FUNCTION pm.lock_position(p_asset text, p_mode text, p_create boolean DEFAULT true)
 RETURNS public.positions
 LANGUAGE plpgsql AS $$

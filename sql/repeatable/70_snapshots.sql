@@ -4,7 +4,6 @@
 
 -- pm.snapshot_json(snapshot row) -> jsonb
 -- The Snapshot representation (decimals as strings, time ISO with Z, snapshot_data = the Position then).
-
 CREATE OR REPLACE FUNCTION pm.snapshot_json(s public.position_snapshots) RETURNS jsonb
 LANGUAGE sql IMMUTABLE AS $$
     SELECT jsonb_build_object(

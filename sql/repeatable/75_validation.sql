@@ -4,7 +4,6 @@
 
 -- pm.validate_position(asset, mode, fix, trace, actor) -> jsonb
 -- Every discrepancy of one position (field, stored, expected, source); with fix, the correction.
-
 CREATE OR REPLACE FUNCTION pm.validate_position(p_asset text, p_mode text DEFAULT 'one-way', p_fix boolean DEFAULT false,
                                                 p_trace text DEFAULT NULL, p_actor text DEFAULT NULL)
 RETURNS jsonb
