@@ -389,6 +389,11 @@ COMMENT ON FUNCTION pm.bybit_records(jsonb, text) IS
 
 -- pm.parse_order_progress(event) -> pm.exec_request
 -- Order shape B (order-manager's order event): the order's CUMULATIVE figures, or why it is ignored.
+--
+-- order-manager publishes an event only when the order's status changes, but its cumulative figures
+-- follow every exchange update: fills made after the last partially_filled event arrive only with
+-- the next event, whatever its type (filled, cancelled, even rejected). So the event type does not
+-- decide whether anything filled; the cumulative quantity does.
 CREATE OR REPLACE FUNCTION pm.parse_order_progress(p_ev jsonb) RETURNS pm.exec_request
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -396,6 +401,8 @@ DECLARE
     ev_type text := pm.j_text(p_ev, 'event_type', 'event_type');
     leg smallint;
     cum_q numeric;
+    avg_p numeric;
+    asset text;
     e pm.executions;
 BEGIN
     IF jsonb_typeof(ord) IS DISTINCT FROM 'object' THEN
@@ -404,15 +411,13 @@ BEGIN
     IF ev_type IS NULL THEN
         PERFORM pm.bad_input('event_type', 'required');
     END IF;
-    IF ev_type NOT IN ('filled', 'partially_filled') THEN
-        RETURN ROW(NULL, NULL, 'ignored', format('event_type %s does not fill', ev_type), NULL)::pm.exec_request;
-    END IF;
     IF lower(pm.j_text(ord, 'is_dry_run', 'order.is_dry_run')) IN ('true', '1') THEN
         RETURN ROW(NULL, NULL, 'ignored', 'dry-run order', NULL)::pm.exec_request;
     END IF;
     e.order_id := pm.req(coalesce(pm.j_text(ord, 'order_id', 'order.order_id'), pm.j_text(ord, 'id', 'order.id')), 'order.order_id');
     e.side := pm.norm_side(pm.j_text(ord, 'side', 'order.side'), 'order.side');
     leg := pm.norm_leg(pm.j_text(ord, 'mode', 'order.mode'), pm.j_text(ord, 'position_idx', 'order.position_idx'), 'order.position_idx');
+    asset := pm.norm_symbol(pm.j_text(ord, 'asset', 'order.asset'), 'order.asset');
     cum_q := pm.req(coalesce(pm.j_num(ord, 'filled_quantity', 'order.filled_quantity'),
                              CASE WHEN ev_type = 'filled' THEN pm.j_num(ord, 'quantity', 'order.quantity') END),
                     'order.filled_quantity');
@@ -420,23 +425,31 @@ BEGIN
         PERFORM pm.bad_input('order.filled_quantity', format('must be >= 0, got %s', cum_q));
     END IF;
     e.fee := coalesce(pm.j_num(ord, 'fees', 'order.fees'), 0);
+    avg_p := pm.j_num(ord, 'average_price', 'order.average_price');
+    IF avg_p < 0 THEN
+        PERFORM pm.bad_input('order.average_price', format('must be > 0, got %s', avg_p));
+    END IF;
     IF cum_q = 0 THEN
-        RETURN ROW(pm.norm_symbol(pm.j_text(ord, 'asset', 'order.asset'), 'order.asset'), NULL, 'ignored',
-                   'nothing filled yet', NULL)::pm.exec_request;
+        RETURN ROW(asset, NULL, 'ignored', format('%s: nothing filled yet', ev_type), NULL)::pm.exec_request;
+    END IF;
+    IF coalesce(avg_p, 0) = 0 THEN
+        -- order-manager sends null for a zero average: the order's next event carries the figures again
+        RETURN ROW(asset, NULL, 'unpriced',
+                   format('order %s (%s): filled_quantity %s without average_price, nothing applied; its next event carries the cumulative figures',
+                          e.order_id, ev_type, pm.dec(cum_q)), NULL)::pm.exec_request;
     END IF;
     e.qty := cum_q;
-    e.price := pm.positive(pm.j_num(ord, 'average_price', 'order.average_price'), 'order.average_price');
+    e.price := avg_p;
     e.kind := 'trade'; e.source := 'order_execution'; e.leg := leg; e.seq := -1; e.exec_type := ev_type;
     e.exec_time := pm.req(coalesce(pm.j_time(ord, 'executed_at', 'order.executed_at'), pm.j_time(p_ev, 'timestamp', 'timestamp')),
                           'order.executed_at');
     e.trace_id := pm.j_text(p_ev, 'trace_id', 'trace_id');
     e.event_id := pm.j_text(p_ev, 'event_id', 'event_id');
-    RETURN ROW(pm.norm_symbol(pm.j_text(ord, 'asset', 'order.asset'), 'order.asset'),
-               CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END, 'cumulative', NULL, e)::pm.exec_request;
+    RETURN ROW(asset, CASE WHEN leg = 0 THEN 'one-way' ELSE 'hedge' END, 'cumulative', NULL, e)::pm.exec_request;
 END
 $$;
 COMMENT ON FUNCTION pm.parse_order_progress(jsonb) IS
-    'pm.parse_order_progress(event) -> pm.exec_request for order shape B, order-manager''s order event {event_type, timestamp, trace_id, order: {order_id|id, asset, side, mode?, position_idx?, filled_quantity, average_price, fees, executed_at, is_dry_run}}: status cumulative with e carrying the order''s CUMULATIVE quantity (qty), average price (price) and fee (fee), unrounded, plus order_id, side, leg, exec_time (executed_at, else the event timestamp), exec_type (the event_type), trace and event id; or status ignored with a reason (event types other than filled/partially_filled, dry runs, nothing filled yet). pm.apply_order_progress turns it into the new execution. Writes nothing; raises 22023 naming the field.';
+    'pm.parse_order_progress(event) -> pm.exec_request for order shape B, order-manager''s order event {event_type, timestamp, trace_id, order: {order_id|id, asset, side, mode?, position_idx?, filled_quantity, average_price, fees, executed_at, is_dry_run}}, whatever its event_type (filled, partially_filled, cancelled, rejected, ...): status cumulative with e carrying the order''s CUMULATIVE quantity (qty), average price (price) and fee (fee), unrounded, plus order_id, side, leg, exec_time (executed_at, else the event timestamp), exec_type (the event_type), trace and event id; status unpriced (with the reason) when something filled but average_price is null or 0; or status ignored with a reason (dry runs, nothing filled yet). pm.apply_order_progress turns a cumulative request into the new execution. Writes nothing; raises 22023 naming the field.';
 
 -- pm.parse_order_event(message) -> pm.exec_request[]
 -- Any order/fill message parsed into requests, in message order, before anything is written.
@@ -462,7 +475,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.parse_order_event(jsonb) IS
-    'pm.parse_order_event(message body) -> array of pm.exec_request, one per execution in the message: shape A (per-execution event) one trade; shape B (order event) one request of status cumulative or ignored; shape C (Bybit execution message, array or record) one per record. Validates everything first: raises 22023 naming the field before anything is written.';
+    'pm.parse_order_event(message body) -> array of pm.exec_request, one per execution in the message: shape A (per-execution event) one trade; shape B (order event) one request of status cumulative, unpriced (filled without an average price) or ignored; shape C (Bybit execution message, array or record) one per record. Validates everything first: raises 22023 naming the field before anything is written.';
 
 -- pm.parse_position_record(record, path, envelope time) -> (asset, leg, size, avg, mark, unrealized, realized, at, seq)
 -- The fields of one exchange position record (ws-gateway payload, spec shape, or Bybit data element).

@@ -73,6 +73,18 @@ $$;
 COMMENT ON FUNCTION pm.apply_order_progress(text, text, pm.executions) IS
     'pm.apply_order_progress(asset, mode, cumulative figures of an order as pm.parse_order_progress gives them) -> result jsonb. Derives the new execution as the difference to what was applied for the order: dq = cum_qty - prev_qty, price = (cum_avg x cum_qty - prev_notional) / dq, fee likewise; dq = 0 is duplicate, dq < 0 stale (both without effect); key order:<id>:<cumulative qty>. Locks the position, then the order''s progress row. Raises 22023 when the order was applied to another position or the averages are inconsistent.';
 
+-- pm.ignore_counted(counter, reason) -> jsonb
+-- An acknowledged message without effect that operators should see: counts it, says why.
+CREATE OR REPLACE FUNCTION pm.ignore_counted(p_counter text, p_reason text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pm.bump(p_counter);
+    RETURN jsonb_build_object('status', 'ignored', 'reason', p_reason);
+END
+$$;
+COMMENT ON FUNCTION pm.ignore_counted(text, text) IS
+    'pm.ignore_counted(counter, reason) -> {"status": "ignored", "reason"}: the result of a message that is acknowledged without effect but must not pass unnoticed; adds 1 to pm.counters.<counter> (shown by /health). Used for order events that filled without an average price (counter order_events_without_price).';
+
 -- pm.combine_results(results) -> jsonb
 -- The result of a message that carried several records (Bybit sends arrays).
 CREATE OR REPLACE FUNCTION pm.combine_results(p_results jsonb) RETURNS jsonb
@@ -105,13 +117,14 @@ BEGIN
         results := results || jsonb_build_array(CASE r.status
             WHEN 'trade' THEN pm.apply_execution(r.asset, r.mode, r.e)
             WHEN 'cumulative' THEN pm.apply_order_progress(r.asset, r.mode, r.e)
+            WHEN 'unpriced' THEN pm.ignore_counted('order_events_without_price', r.reason)
             ELSE jsonb_build_object('status', r.status, 'reason', r.reason) END);
     END LOOP;
     RETURN pm.combine_results(results);
 END
 $$;
 COMMENT ON FUNCTION pm.apply_order_event(jsonb) IS
-    'pm.apply_order_event(message body) -> {"status": applied|duplicate|stale|ignored, "reason"?, "execution"?, "position"?: {id, asset, mode, version}, "results"?}: parses any order/fill shape (A per-execution event, B order-manager''s cumulative order event, C Bybit execution message or record) and applies it in the caller''s transaction, exactly once per execution, independent of delivery order (a late execution re-folds the ledger after it). Invalid input raises 22023 (or another 22xxx) naming the field and writes nothing.';
+    'pm.apply_order_event(message body) -> {"status": applied|duplicate|stale|ignored, "reason"?, "execution"?, "position"?: {id, asset, mode, version}, "results"?}: parses any order/fill shape (A per-execution event, B order-manager''s cumulative order event, C Bybit execution message or record) and applies it in the caller''s transaction, exactly once per execution, independent of delivery order (a late execution re-folds the ledger after it). An order event applies the growth of its order''s cumulative filled quantity whatever its event_type (a cancelled event can carry the last fills); one that filled without an average price is ignored and counted (pm.counters order_events_without_price). Invalid input raises 22023 (or another 22xxx) naming the field and writes nothing.';
 
 -- pm.finish_batch_group(locked row carrying its new state, execution keys, trace) -> jsonb
 -- Writes one position of a batch once: one version bump, one change listing its executions.

@@ -53,7 +53,9 @@ LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'positions_count', (SELECT count(*) FROM public.positions),
         'open_positions_count', (SELECT count(*) FROM pm.v_positions WHERE is_open),
-        'counters', coalesce((SELECT jsonb_object_agg(name, value) FROM pm.counters), '{}'::jsonb),
+        -- counters an operator must see at 0 too, then every counter there is
+        'counters', jsonb_build_object('order_events_without_price', 0)
+                    || coalesce((SELECT jsonb_object_agg(name, value) FROM pm.counters), '{}'::jsonb),
         'outbox_pending', (SELECT count(*) FROM pm.outbox WHERE published_at IS NULL),
         'outbox_oldest_pending_seconds',
             (SELECT round(extract(epoch FROM now() - min(created_at))::numeric, 3) FROM pm.outbox WHERE published_at IS NULL),
@@ -62,4 +64,4 @@ LANGUAGE sql STABLE AS $$
         'schema', pm.schema_version())
 $$;
 COMMENT ON FUNCTION pm.health() IS
-    'pm.health() -> {positions_count, open_positions_count, counters{validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h, schema (pm.schema_version())}. Read only.';
+    'pm.health() -> {positions_count, open_positions_count, counters{order_events_without_price (always present), validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters, ...}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h, schema (pm.schema_version())}. Read only.';

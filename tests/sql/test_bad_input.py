@@ -52,8 +52,9 @@ def order_cases():
     for fld in ("execQty", "execPrice"):
         for value, vid in zip(BAD_NUMBERS, NUMBER_IDS):
             cases.append(number_case(C, fld, value, vid, "C"))
-    for value, vid in [("0", "zero"), ("-5", "negative"), ("NaN", "NaN"), ("Infinity", "Infinity"),
-                       ("abc", "text"), ([], "array"), (MISSING, "missing")]:
+    # (a missing, null or zero average is not invalid: order-manager sends null for zero; see test_order_manager_events)
+    for value, vid in [("-5", "negative"), ("NaN", "NaN"), ("Infinity", "Infinity"),
+                       ("abc", "text"), ([], "array")]:
         cases.append(pytest.param(with_field(B, "order.average_price", value), "order.average_price", id=f"B-avg-{vid}"))
     for value, vid in [("-1", "negative"), ("NaN", "NaN"), ("abc", "text"), ({}, "object")]:
         cases.append(pytest.param(with_field(B, "order.filled_quantity", value), "order.filled_quantity",

@@ -100,9 +100,9 @@ def test_mixed_shapes_in_one_batch(db):
          "execTime": "1772323220000", "execType": "Trade", "seq": 1},
         {"execId": "c2", "symbol": "CCCUSDT", "side": "Sell", "execQty": "1", "execPrice": "11", "execFee": "0.5",
          "execTime": "1772323230000", "execType": "Funding", "seq": 2}]}
-    cancelled = {**order_b, "event_type": "cancelled"}
+    cancelled = {**order_b, "event_type": "cancelled"}          # the same cumulative figures: adds nothing
     results = batch(db, [execution("m1", "CCCUSDT", "Sell", "1", "12", 1), order_b, bybit, cancelled])
-    assert [r["status"] for r in results] == ["applied", "applied", "applied", "ignored"]
+    assert [r["status"] for r in results] == ["applied", "applied", "applied", "duplicate"]
     size, realized = db.execute("SELECT size, realized_pnl FROM positions WHERE asset = 'CCCUSDT'").fetchone()
     assert size == -4
     assert realized == D("-0.01") - D("0.01") - D("0.5")

@@ -306,8 +306,15 @@ def test_shape_b_non_fill_events_are_ignored(db):
 def test_shape_b_cancelled_after_partial_fill_keeps_the_fill(db):
     apply_order(db, order_b("o1", "partially_filled", "Buy", "0.3", "100", "0", 0))
     before = position(db)
-    assert apply_order(db, order_b("o1", "cancelled", "Buy", "0.3", "100", "0", 1))["status"] == "ignored"
+    # the cancelled event adds nothing to the 0.3 already applied
+    assert apply_order(db, order_b("o1", "cancelled", "Buy", "0.3", "100", "0", 1))["status"] == "duplicate"
     assert position(db) == before
+
+
+def test_shape_b_cancelled_event_carrying_more_fills_applies_them(db):
+    apply_order(db, order_b("o1", "partially_filled", "Buy", "1", "100", "0", 0, quantity="2"))
+    assert apply_order(db, order_b("o1", "cancelled", "Buy", "1.5", "100.2", "0", 1, quantity="2"))["status"] == "applied"
+    assert_position(position(db), "1.5", "100.2", 0)
 
 
 @pytest.mark.parametrize("dry", [False, "false"])
