@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""The performance figures of the documentation, generated from bench/results/*.json and nothing
-else: docs/performance.md, and the table of README.md between `<!-- perf-table:start -->` and
-`<!-- perf-table:end -->`. Each figure stands beside the reference measured in the same run and the
-command that reproduces it. Nobody edits those by hand: tests/bench/test_docs_gen.py fails when they
-differ from what this module makes of the committed results.
+"""The generated parts of the documentation. From bench/results/*.json and nothing else:
+docs/performance.md, and the table of README.md between `<!-- perf-table:start -->` and
+`<!-- perf-table:end -->`; each figure stands beside the reference measured in the same run and the
+command that reproduces it. From app/sqlstates.py (the one classification of database errors): the
+README's table between `<!-- sqlstate-table:start -->` and `<!-- sqlstate-table:end -->`. Nobody
+edits those by hand: tests/bench/test_report.py fails when they differ from what this module makes.
 
     bench/report --no-plots       # rewrite both (and bench/results/report.md), no plots
     bench/report --check          # exit 1 when either differs from what the results give
@@ -19,6 +20,7 @@ RESULTS = ROOT / "bench" / "results"
 PERFORMANCE_MD = ROOT / "docs" / "performance.md"
 README = ROOT / "README.md"
 START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
+SQLSTATE_START, SQLSTATE_END = "<!-- sqlstate-table:start -->", "<!-- sqlstate-table:end -->"
 
 # Benchmarks in the order the documents show them: result name -> script.
 SCRIPTS = {"sql": "sql_bench.py", "e2e": "e2e_bench.py", "http": "http_bench.py", "scaleout": "scaleout_bench.py",
@@ -138,20 +140,39 @@ def performance_md(results: dict) -> str:
     return "\n".join(out)
 
 
-def readme_with_table(readme: str, table: str) -> str:
-    """README text with the generated table between the markers (which must be there, once)."""
-    if readme.count(START) != 1 or readme.count(END) != 1 or readme.index(START) > readme.index(END):
-        raise ValueError(f"README.md needs exactly one {START} ... {END} block")
-    head, rest = readme.split(START)
-    _, tail = rest.split(END)
-    return f"{head}{START}\n{table}{END}{tail}"
+def sqlstate_table() -> str:
+    """One row per class of app.sqlstates: its SQLSTATEs, meaning, HTTP status, consumer action, job exit."""
+    from app import sqlstates
+
+    states: dict[str, list[str]] = {cls.name: [] for cls in sqlstates.CLASSES}
+    for state, cls in sqlstates.BY_SQLSTATE.items():
+        states[cls.name].append(f"`{state}`")
+    for prefix, cls in sqlstates.BY_SQLSTATE_CLASS.items():
+        states[cls.name].append(f"`{prefix}xxx`")
+    states[sqlstates.UNAVAILABLE.name].append("no connection")
+    states[sqlstates.UNKNOWN.name].append("any other")
+    lines = ["| SQLSTATE | meaning | HTTP status | consumer | job exit |", "|---|---|---|---|---:|"]
+    for cls in sqlstates.CLASSES:
+        lines.append(f"| {', '.join(states[cls.name])} | {cls.meaning} | {cls.http_status} `{cls.error_code}` | "
+                     f"{cls.consumer} | {cls.job_exit} |")
+    return "\n".join(lines) + "\n"
+
+
+def readme_with_table(readme: str, table: str, start: str = START, end: str = END) -> str:
+    """README text with a generated table between its markers (which must be there, once)."""
+    if readme.count(start) != 1 or readme.count(end) != 1 or readme.index(start) > readme.index(end):
+        raise ValueError(f"README.md needs exactly one {start} ... {end} block")
+    head, rest = readme.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{table}{end}{tail}"
 
 
 def generated(results: dict | None = None) -> dict[Path, str]:
     """{path: the text it must have}."""
     results = load_results() if results is None else results
-    return {PERFORMANCE_MD: performance_md(results),
-            README: readme_with_table(README.read_text(), readme_table(results))}
+    readme = readme_with_table(README.read_text(), readme_table(results))
+    readme = readme_with_table(readme, sqlstate_table(), SQLSTATE_START, SQLSTATE_END)
+    return {PERFORMANCE_MD: performance_md(results), README: readme}
 
 
 def write() -> list[Path]:
