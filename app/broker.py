@@ -1,6 +1,6 @@
 """RabbitMQ plumbing for every process that talks to the broker (the consumers, the relay,
-bin/demo): connection parameters, queue declarations, backoff, what a broker failure looks like,
-and a publisher with pipelined confirms. What a database error means is app/sqlstates.py."""
+bin/demo): connection parameters, queue declarations, the events exchange and its queues, backoff,
+what a broker failure looks like, and a publisher with pipelined confirms. What a database error means is app/sqlstates.py."""
 from __future__ import annotations
 
 import logging
@@ -18,6 +18,9 @@ log = logging.getLogger("position_manager.broker")
 # ws-gateway declares the position queue with exactly these arguments; a declaration
 # with other arguments is refused by the broker (406 PRECONDITION_FAILED) and closes the channel.
 POSITION_QUEUE_ARGUMENTS = {"x-message-ttl": 86400000, "x-max-length": 100000, "x-overflow": "drop-head"}
+
+# The event types the relay publishes; each is the routing key on the events exchange.
+EVENT_TYPES = ("position_updated", "portfolio_updated", "position_snapshot_created")
 
 
 def connection_parameters(settings: Settings, name: str) -> pika.ConnectionParameters:
@@ -38,9 +41,34 @@ def connect(settings: Settings, name: str) -> pika.BlockingConnection:
     return pika.BlockingConnection(connection_parameters(settings, name))
 
 
+def event_queues(settings: Settings) -> dict[str, str]:
+    """{event type: our queue bound to it on the events exchange}."""
+    return dict(zip(EVENT_TYPES, (settings.position_updated_queue, settings.portfolio_updated_queue,
+                                  settings.snapshot_created_queue)))
+
+
+def bounded_queues(settings: Settings) -> set[str]:
+    """The event queues that no service of the trading stack reads: declared with a bound."""
+    return {settings.portfolio_updated_queue, settings.snapshot_created_queue}
+
+
 def queue_arguments(settings: Settings, queue: str) -> dict[str, Any] | None:
-    """Arguments we declare a queue with: the position queue as ws-gateway does, others none."""
-    return dict(POSITION_QUEUE_ARGUMENTS) if queue == settings.position_queue else None
+    """Arguments we declare a queue with: the position queue as ws-gateway does; the event queues
+    nobody in the trading stack reads with POSITION_MANAGER_EVENT_QUEUE_MAX_LENGTH / _TTL (the oldest
+    messages dropped first); the rest (position_updated as model-service declares it, the order and
+    dead-letter queues) none."""
+    if queue == settings.position_queue:
+        return dict(POSITION_QUEUE_ARGUMENTS)
+    if queue in bounded_queues(settings):
+        bound: dict[str, Any] = {}
+        if settings.event_queue_max_length:
+            bound["x-max-length"] = settings.event_queue_max_length
+        if settings.event_queue_ttl:
+            bound["x-message-ttl"] = settings.event_queue_ttl * 1000
+        if bound:
+            bound["x-overflow"] = "drop-head"
+        return bound or None
+    return None
 
 
 def declare_queue(connection: pika.BlockingConnection, channel, settings: Settings, queue: str):
@@ -58,6 +86,58 @@ def declare_queue(connection: pika.BlockingConnection, channel, settings: Settin
         channel = connection.channel()
         channel.queue_declare(queue=queue, passive=True)
         return channel
+
+
+def declare_replacing_unread(connection: pika.BlockingConnection, channel, settings: Settings, queue: str):
+    """Declare one of our bounded event queues. When it exists with other arguments (the earlier
+    service declared it without any, or the bound was changed), the broker refuses the
+    declaration (406), and AMQP cannot show its arguments; a passive declaration shows whether
+    anyone reads it. Nobody: it is deleted (if-unused, so a consumer that attached meanwhile keeps
+    it) and declared with the bound; the messages it held, which nobody was reading, go with it.
+    Somebody: it is left as it is (its reader keeps it short) and a warning says so. Returns the
+    channel to go on with."""
+    arguments = queue_arguments(settings, queue)
+    try:
+        channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+        return channel
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 406:
+            raise
+        refused = exc.reply_text
+    channel = connection.channel()
+    found = channel.queue_declare(queue=queue, passive=True).method
+    if found.consumer_count:
+        log.warning("event queue exists with other arguments and has consumers: left as it is, unbounded "
+                    "unless its own arguments bound it", extra={
+                        "queue": queue, "consumers": found.consumer_count, "messages": found.message_count,
+                        "wanted_arguments": arguments, "broker_reply": refused})
+        return channel
+    try:
+        deleted = channel.queue_delete(queue=queue, if_unused=True).method.message_count
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        if exc.reply_code != 406:
+            raise
+        log.warning("event queue gained a consumer while being replaced: left as it is", extra={"queue": queue})
+        return connection.channel()
+    channel.queue_declare(queue=queue, durable=True, arguments=arguments)
+    log.warning("event queue without a reader replaced by a bounded one", extra={
+        "queue": queue, "arguments": arguments, "messages_dropped": deleted, "broker_reply": refused})
+    return channel
+
+
+def declare_events(connection: pika.BlockingConnection, channel, settings: Settings):
+    """The events topology: the durable topic exchange POSITION_MANAGER_EVENTS_EXCHANGE, and each
+    of our event queues bound to it with its event type as routing key (position_updated declared
+    as model-service declares it; the two nobody reads bounded). Any other service binds a queue
+    of its own and gets every event. Returns the channel to go on with."""
+    channel.exchange_declare(exchange=settings.events_exchange, exchange_type="topic", durable=True)
+    for event_type, queue in event_queues(settings).items():
+        if queue in bounded_queues(settings):
+            channel = declare_replacing_unread(connection, channel, settings, queue)
+        else:
+            channel = declare_queue(connection, channel, settings, queue)
+        channel.queue_bind(queue=queue, exchange=settings.events_exchange, routing_key=event_type)
+    return channel
 
 
 class Backoff:
@@ -127,14 +207,15 @@ class ConfirmingPublisher:
         self._failed.append(f"unroutable: {method.reply_code} {method.reply_text} "
                             f"(routing key {method.routing_key}, message_id {properties.message_id})")
 
-    def publish_all(self, messages: Iterable[tuple[str, bytes, pika.BasicProperties]]) -> int:
-        """Publish (routing key, body, properties) on the default exchange, mandatory, and return
-        once the broker confirmed every one; raise PublishError otherwise (nothing is known then:
-        the caller must treat every message of the batch as not published)."""
+    def publish_all(self, messages: Iterable[tuple[str, bytes, pika.BasicProperties]], exchange: str = "") -> int:
+        """Publish (routing key, body, properties) on `exchange` (the default exchange: routing key =
+        queue), mandatory, and return once the broker confirmed every one; raise PublishError
+        otherwise (nothing is known then: the caller must treat every message of the batch as not
+        published)."""
         self._failed.clear()
         count = 0
         for routing_key, body, properties in messages:
-            self.channel.basic_publish(exchange="", routing_key=routing_key, body=body,
+            self.channel.basic_publish(exchange=exchange, routing_key=routing_key, body=body,
                                        properties=properties, mandatory=True)
             self._published += 1
             count += 1

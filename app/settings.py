@@ -132,6 +132,12 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
      "position-manager.portfolio_updated", _nonempty),
     ("snapshot_created_queue", "POSITION_MANAGER_SNAPSHOT_CREATED_QUEUE",
      "position-manager.position_snapshot_created", _nonempty),
+    # The relay publishes every event to this durable topic exchange, routing key = event type.
+    ("events_exchange", "POSITION_MANAGER_EVENTS_EXCHANGE", "position-manager.events", _nonempty),
+    # The bound of the event queues nobody in the trading stack reads (portfolio_updated,
+    # position_snapshot_created): messages, seconds; 0 = no such bound.
+    ("event_queue_max_length", "POSITION_MANAGER_EVENT_QUEUE_MAX_LENGTH", "10000", _nonneg_int),
+    ("event_queue_ttl", "POSITION_MANAGER_EVENT_QUEUE_TTL", "86400", _nonneg_int),
     ("consumer_prefetch", "POSITION_MANAGER_CONSUMER_PREFETCH", "2000", _pos_int),
     ("consumer_batch_size", "POSITION_MANAGER_CONSUMER_BATCH_SIZE", "1000", _pos_int),
     ("max_delivery_attempts", "POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS", "5", _pos_int),
@@ -187,6 +193,9 @@ class Settings:
     position_updated_queue: str
     portfolio_updated_queue: str
     snapshot_created_queue: str
+    events_exchange: str
+    event_queue_max_length: int
+    event_queue_ttl: int
     consumer_prefetch: int
     consumer_batch_size: int
     max_delivery_attempts: int

@@ -101,8 +101,12 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def queue_names(prefix: str) -> dict[str, str]:
-    """POSITION_MANAGER_*_QUEUE variables naming queues of one run: `<prefix>.<queue>`."""
-    return {f"POSITION_MANAGER_{v}": f"{prefix}.{v.lower()}" for v in QUEUE_VARIABLES}
+    """POSITION_MANAGER_*_QUEUE variables naming queues of one run, `<prefix>.<queue>`, and its own
+    events exchange, `<prefix>.events` (so that runs sharing a broker never receive each other's
+    events); delete_queues removes both."""
+    names = {f"POSITION_MANAGER_{v}": f"{prefix}.{v.lower()}" for v in QUEUE_VARIABLES}
+    names["POSITION_MANAGER_EVENTS_EXCHANGE"] = f"{prefix}.events"
+    return names
 
 
 def service_env(settings: Settings, *, clean: bool = False, **extra: str) -> dict[str, str]:
@@ -247,10 +251,12 @@ def mq_connect(settings: Settings, name: str):
 
 
 def delete_queues(settings: Settings, names: Iterable[str]) -> None:
+    """Delete the named queues, and the run's events exchange (settings.events_exchange)."""
     conn = mq_connect(settings, "bench-cleanup")
     try:
         for name in names:
             conn.channel().queue_delete(name)
+        conn.channel().exchange_delete(settings.events_exchange)
     finally:
         conn.close()
 

@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"direct SQL (one connection, commit every 100): {direct:,.0f} executions/s", flush=True)
     finally:
         try:
-            common.delete_queues(settings, [*queues.values(), noop_queue])
+            common.delete_queues(settings, [v for k, v in queues.items() if k.endswith("_QUEUE")] + [noop_queue])
         except Exception as exc:  # noqa: BLE001 - reported, the databases are still dropped
             print(f"(could not delete the benchmark queues: {exc})", file=sys.stderr)
         for name in (e2e_db, sql_db):

@@ -1,10 +1,15 @@
-"""The outbox relay: publishes the rows of pm.outbox to their queues.
+"""The outbox relay: publishes the rows of pm.outbox to the events exchange.
+
+Every event goes to the durable topic exchange POSITION_MANAGER_EVENTS_EXCHANGE with its event
+type as routing key; our three queues are bound to it (app/broker.py declare_events), and any
+other subscriber binds its own queue and gets every event.
 
 One loop: in a transaction, claim the oldest unpublished rows (pm.outbox_claim, FOR UPDATE SKIP
 LOCKED), publish them (persistent, application/json, message_id = event id, header trace_id,
-mandatory) and wait until the broker confirmed every one, mark them published, commit. A crash
-or a lost connection anywhere before the commit leaves the rows unpublished: they are published
-again (a duplicate that consumers recognise by message_id), never lost.
+mandatory: an event that no queue is bound for is an error) and wait until the broker confirmed
+every one, mark them published, commit. A crash or a lost connection anywhere before the commit
+leaves the rows unpublished: they are published again (a duplicate that consumers recognise by
+message_id), never lost.
 
 It sleeps on LISTEN pm_outbox (the outbox's insert trigger notifies at commit) with a slow
 safety poll, never a hot poll. After publishing position changes it asks
@@ -35,11 +40,7 @@ KILL_AFTER_PUBLISH_ENV = "PM_TEST_RELAY_KILL_AFTER_PUBLISH"  # tests only: SIGKI
 class OutboxRelay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.queues = {
-            "position_updated": settings.position_updated_queue,
-            "portfolio_updated": settings.portfolio_updated_queue,
-            "position_snapshot_created": settings.snapshot_created_queue,
-        }
+        self.queues = broker.event_queues(settings)
         self.stopping = False
         self.listen_conn: psycopg.Connection | None = None
         self.db: psycopg.Connection | None = None
@@ -62,11 +63,10 @@ class OutboxRelay:
             self.db = appdb.connect(self.settings, autocommit=True)
         if self.mq is None or not self.mq.is_open:
             self.mq = broker.connect(self.settings, "relay")
-            channel = self.mq.channel()
-            for queue in self.queues.values():
-                channel = broker.declare_queue(self.mq, channel, self.settings, queue)
+            channel = broker.declare_events(self.mq, self.mq.channel(), self.settings)
             self.publisher = broker.ConfirmingPublisher(self.mq, channel)
-            log.info("relay connected", extra={"queues": list(self.queues.values())})
+            log.info("relay connected", extra={"exchange": self.settings.events_exchange,
+                                               "queues": list(self.queues.values())})
 
     def _drop(self, broker: bool, database: bool) -> None:
         if database:
@@ -132,8 +132,8 @@ class OutboxRelay:
                 properties = pika.BasicProperties(
                     content_type="application/json", delivery_mode=pika.DeliveryMode.Persistent,
                     message_id=str(event_id), headers=headers, type=event_type)
-                messages.append((self.queues[event_type], payload.encode("utf-8"), properties))
-            self.publisher.publish_all(messages)
+                messages.append((event_type, payload.encode("utf-8"), properties))
+            self.publisher.publish_all(messages, exchange=self.settings.events_exchange)
             if self.kill_after_publish:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests only: published, not yet marked
             self.db.execute(appdb.q("pipeline_outbox_mark_published"), {"ids": [r[0] for r in rows]})

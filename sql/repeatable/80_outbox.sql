@@ -28,13 +28,33 @@ $$;
 COMMENT ON FUNCTION pm.outbox_body(pm.outbox) IS
     'pm.outbox_body(outbox row) -> the message body of the event (position_size_norm aside): the stored payload, or for a change stored as an image (pm.write_state) the Position as it was after the change (time_held_minutes and price_is_stale as of created_at, the time of the change) with event_type, update_source, trace_id and timestamp; event_id always from the row. Read only.';
 
+-- pm.event_body(outbox row) -> jsonb
+-- The message body subscribers get: pm.outbox_body, and for position_updated avg_price and the metadata as of now.
+--
+-- The image of a change keeps the accounting state, not the operator's metadata (stop_loss,
+-- take_profit, strategy, notes): they are read from pm.position_meta when the event goes out, so
+-- an event carries the metadata current at its publication (a metadata change emits its own
+-- position_updated). avg_price repeats average_entry_price under the name model-service reads.
+CREATE OR REPLACE FUNCTION pm.event_body(o pm.outbox) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN o.event_type = 'position_updated'
+                THEN x.body || jsonb_build_object('avg_price', x.body -> 'average_entry_price',
+                                                  'stop_loss', pm.dec(m.stop_loss), 'take_profit', pm.dec(m.take_profit),
+                                                  'strategy', m.strategy, 'notes', m.notes)
+                ELSE x.body END
+      FROM (SELECT pm.outbox_body(o) AS body) x
+      LEFT JOIN pm.position_meta m ON m.position_id = o.position_id AND o.event_type = 'position_updated'
+$$;
+COMMENT ON FUNCTION pm.event_body(pm.outbox) IS
+    'pm.event_body(outbox row) -> the body published to subscribers (relay, live stream): pm.outbox_body, and for position_updated also avg_price (= average_entry_price, the name model-service reads) and the operator metadata stop_loss, take_profit, strategy, notes as they are at publication (from pm.position_meta; null when unset). The audit history (pm.position_history) keeps pm.outbox_body, the state as of the change. Read only.';
+
 -- pm.outbox_claim(limit) -> rows
 -- The oldest unpublished events, locked SKIP LOCKED, with their bodies (position_size_norm at publish time).
 CREATE OR REPLACE FUNCTION pm.outbox_claim(p_limit integer)
 RETURNS TABLE (id bigint, event_id uuid, event_type text, trace_id text, payload jsonb)
 LANGUAGE sql AS $$
     WITH claimed AS (
-        SELECT o.id, o.event_id, o.event_type, o.trace_id, pm.outbox_body(o) AS body
+        SELECT o.id, o.event_id, o.event_type, o.trace_id, pm.event_body(o) AS body
           FROM pm.outbox o
          WHERE o.published_at IS NULL
          ORDER BY o.id
@@ -53,7 +73,7 @@ LANGUAGE sql AS $$
      ORDER BY c.id
 $$;
 COMMENT ON FUNCTION pm.outbox_claim(integer) IS
-    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish (pm.outbox_body; for position_updated plus position_size_norm against the portfolio total at publish time), locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
+    'pm.outbox_claim(limit) -> the oldest unpublished outbox rows with the message body to publish (pm.event_body; for position_updated plus position_size_norm against the portfolio total at publish time), locked FOR UPDATE SKIP LOCKED (two relays never take the same row). Publish them, call pm.outbox_mark_published in the same transaction, commit: a crash before the commit publishes them again (duplicate), never loses one.';
 
 -- pm.outbox_mark_published(ids) -> integer
 -- After the broker confirmed them; marks the portfolio dirty when positions changed.
@@ -148,7 +168,7 @@ BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
         PERFORM pm.bad_input('limit', format('must be between 1 and 10000, got %s', coalesce(p_limit::text, 'nothing')));
     END IF;
-    FOR r IN SELECT o.id, o.event_type, CASE WHEN o.event_type = 'position_updated' THEN pm.outbox_body(o) END AS payload
+    FOR r IN SELECT o.id, o.event_type, CASE WHEN o.event_type = 'position_updated' THEN pm.event_body(o) END AS payload
                FROM pm.outbox o WHERE o.id > p_after ORDER BY o.id LIMIT p_limit LOOP
         IF r.id > v_cursor + 1 AND NOT (v_resolved AND r.id <= v_hold_id) THEN
             IF v_hold_id IS NULL OR v_resolved THEN

@@ -106,6 +106,7 @@ def _delete_queues(env: dict[str, str]) -> None:
         for name in QUEUE_SETTINGS:
             channel = connection.channel()
             channel.queue_delete(env[name])
+        connection.channel().exchange_delete(env["POSITION_MANAGER_EVENTS_EXCHANGE"])
     finally:
         connection.close()
 
@@ -118,6 +119,7 @@ def dev_env(settings):
                        PM_START_SERVICES="0", POSITION_MANAGER_LOG_LEVEL="WARNING")
     del env["POSITION_MANAGER_API_KEY"]  # bin/dev makes a development key
     env.update({name: f"{prefix}.{name.lower()}" for name in QUEUE_SETTINGS})
+    env["POSITION_MANAGER_EVENTS_EXCHANGE"] = f"{prefix}.events"
     yield env
     _delete_queues(env)
 

@@ -88,7 +88,8 @@ class Pipeline:
             POSTGRES_DB=settings.postgres_db, POSTGRES_HOST=settings.postgres_host,
             POSTGRES_PORT=str(settings.postgres_port), RABBITMQ_HOST=RABBIT_HOST,
             RABBITMQ_PORT=str(rabbit_port), RABBITMQ_VHOST=vhost, POSITION_MANAGER_LOG_LEVEL="INFO",
-            POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL="0.5", **self.queues)
+            POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL="0.5", POSITION_MANAGER_EVENTS_EXCHANGE=f"t{tag}.events",
+            **self.queues)
         self.settings = settings_mod.load(self.env)
         self.tmp_path = tmp_path
         self.processes: list[tuple[subprocess.Popen, Path]] = []
@@ -148,6 +149,7 @@ class Pipeline:
             channel = self.mq.channel()
             for queue in self.queues.values():
                 channel.queue_delete(queue)
+            channel.exchange_delete(self.settings.events_exchange)
             self._mq.close()
         except Exception:  # noqa: BLE001 - best effort: the vhost is deleted at session end
             pass
@@ -156,12 +158,16 @@ class Pipeline:
 
     # ---- broker ----------------------------------------------------------------------------
 
+    def connection(self) -> pika.BlockingConnection:
+        """A new connection to this pipeline's vhost (the caller closes it)."""
+        return pika.BlockingConnection(pika.ConnectionParameters(
+            host=RABBIT_HOST, port=self.settings.rabbitmq_port, virtual_host=self.settings.rabbitmq_vhost,
+            credentials=pika.PlainCredentials("guest", "guest")))
+
     @property
     def mq(self) -> pika.BlockingConnection:
         if self._mq is None or not self._mq.is_open:
-            self._mq = pika.BlockingConnection(pika.ConnectionParameters(
-                host=RABBIT_HOST, port=self.settings.rabbitmq_port, virtual_host=self.settings.rabbitmq_vhost,
-                credentials=pika.PlainCredentials("guest", "guest")))
+            self._mq = self.connection()
         return self._mq
 
     def declare(self, queue: str) -> None:
