@@ -116,9 +116,10 @@ SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%(key_hash)s, %(limit)s)
 
 -- name: api_get_position
--- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when absent.
+-- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when
+-- absent. asset is a symbol or a position id (pm.position_key; P0002 for an unknown id).
 SELECT p::text AS body, (p ->> 'version')::integer AS version
-  FROM pm.get_position(%(asset)s, %(mode)s) p
+  FROM pm.position_key(%(asset)s, %(mode)s) k, pm.get_position(k.asset, k.mode) p
  WHERE p IS NOT NULL
 
 -- name: api_list_positions
@@ -127,15 +128,16 @@ SELECT pm.list_positions(%(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(stat
 
 -- name: api_validate_position
 -- POST /api/v1/positions/{asset}/validate; raises P0002 for an unknown position.
-SELECT pm.validate_position(%(asset)s, %(mode)s, %(fix)s, %(trace)s, %(actor)s)::text
+SELECT pm.validate_position(k.asset, k.mode, %(fix)s, %(trace)s, %(actor)s)::text FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: api_snapshot_position
 -- POST /api/v1/positions/{asset}/snapshot; raises P0002 for an unknown position.
-SELECT pm.snapshot_position(%(asset)s, %(mode)s, %(trace)s)::text
+SELECT pm.snapshot_position(k.asset, k.mode, %(trace)s)::text FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: api_list_snapshots
 -- GET /api/v1/positions/{asset}/snapshots, newest first; raises P0002 for an unknown position.
-SELECT pm.list_snapshots(%(asset)s, %(mode)s, %(limit)s, %(offset)s, %(from)s, %(to)s)::text
+SELECT pm.list_snapshots(k.asset, k.mode, %(limit)s, %(offset)s, %(from)s, %(to)s)::text
+  FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: api_portfolio
 -- PortfolioMetrics (optionally of one asset) and the positions fingerprint (see
@@ -224,12 +226,27 @@ SELECT pm.portfolio_json(NULL)
 -- statistics, history and as-of, scoped API keys, the live stream.
 
 -- name: extras_update_position_meta
--- PATCH /api/v1/positions/{asset}: merge patch of the metadata; PM412 on a version mismatch.
-SELECT pm.update_position_meta(%(asset)s, %(mode)s, %(patch)s::jsonb, %(expected_version)s, %(trace)s, %(actor)s)::text
+-- PATCH /api/v1/positions/{asset}: merge patch of the metadata (and current_price); PM412 on a version mismatch.
+SELECT pm.update_position_meta(k.asset, k.mode, %(patch)s::jsonb, %(expected_version)s, %(trace)s, %(actor)s)::text
+  FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: extras_close_position
 -- POST /api/v1/positions/{asset}/close: manual executions closing every open leg.
-SELECT pm.close_position(%(asset)s, %(mode)s, %(exit_price)s, %(expected_version)s, %(trace)s, %(actor)s)::text
+SELECT pm.close_position(k.asset, k.mode, %(exit_price)s, %(expected_version)s, %(trace)s, %(actor)s)::text
+  FROM pm.position_key(%(asset)s, %(mode)s) k
+
+-- name: extras_open_position
+-- POST /api/v1/positions: a position opened by hand (one manual execution); 55000 when it is open already.
+SELECT pm.open_position(%(body)s::jsonb, %(trace)s, %(actor)s)::text
+
+-- name: extras_delete_position
+-- DELETE /api/v1/positions/{asset}: a flat position removed (archived; ledger and history kept); 55000 when open.
+SELECT pm.delete_position(k.asset, k.mode, %(expected_version)s, %(trace)s, %(actor)s)::text
+  FROM pm.position_key(%(asset)s, %(mode)s) k
+
+-- name: extras_bulk_update_positions
+-- POST /api/v1/positions/bulk-update: one metadata patch for many positions by id, all or nothing.
+SELECT pm.bulk_update_positions(%(body)s::jsonb, %(trace)s, %(actor)s)::text
 
 -- name: extras_set_prices
 -- POST /api/v1/prices: {"SYMBOL": "price"} set by an operator or another system (source manual).
@@ -241,11 +258,11 @@ SELECT pm.trade_statistics_json()::text
 
 -- name: extras_position_history
 -- GET /api/v1/positions/{asset}/history: the audit trail, newest first.
-SELECT pm.position_history(%(asset)s, %(mode)s, %(limit)s, %(offset)s)::text
+SELECT pm.position_history(k.asset, k.mode, %(limit)s, %(offset)s)::text FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: extras_position_as_of
 -- GET /api/v1/positions/{asset}?as_of=...: the position at that time, from the ledger.
-SELECT pm.position_as_of(%(asset)s, %(mode)s, %(as_of)s)::text
+SELECT pm.position_as_of(k.asset, k.mode, %(as_of)s)::text FROM pm.position_key(%(asset)s, %(mode)s) k
 
 -- name: extras_api_key_lookup
 -- The stored key behind a presented key (SHA-256 hex): name, scope, own rate limit; NULLs when unknown.

@@ -51,7 +51,8 @@ PRECONDITION_FAILED = ErrorClass(
     "precondition_failed", "the expected version (If-Match) is not the current one",
     412, "precondition_failed", RETRY_MESSAGE, JOB_FAILURE)
 CONFLICT = ErrorClass(
-    "conflict", "the current state forbids it (a flat position to close, a live API key of that name)",
+    "conflict", "the current state forbids it (a flat position to close, an open one to open or delete, "
+    "a live API key of that name, a position deleted meanwhile)",
     409, "conflict", RETRY_MESSAGE, JOB_FAILURE)
 SERIALIZATION = ErrorClass(
     "serialization", "deadlock or serialization failure: rolled back, running it again may succeed",
@@ -78,6 +79,7 @@ BY_SQLSTATE: dict[str, ErrorClass] = {
     "P0002": NOT_FOUND,            # no_data_found: the SQL raises it for an unknown position or key
     "PM412": PRECONDITION_FAILED,  # our own code: If-Match names another version
     "23505": CONFLICT,             # unique_violation: a live API key of that name exists
+    "23503": CONFLICT,             # foreign_key_violation: the position was deleted meanwhile (a snapshot of it)
     "55000": CONFLICT,             # object_not_in_prerequisite_state: nothing to close
     "40001": SERIALIZATION,        # serialization_failure
     "40P01": SERIALIZATION,        # deadlock_detected

@@ -12,7 +12,7 @@ import falcon
 from psycopg_pool import ConnectionPool
 
 from app import logs
-from app.api import errors, extras, resources
+from app.api import docs, errors, extras, resources
 from app.api.cache import PortfolioCache
 from app.api.health import BrokerProbe, HealthResource
 from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
@@ -41,6 +41,9 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     broker = broker or BrokerProbe(settings.rabbitmq_host, settings.rabbitmq_port)
     app.add_route("/health", HealthResource(pool, broker, settings.service_name))
     app.add_route("/openapi.yaml", resources.OpenApiResource())
+    docs_page = docs.DocsResource()
+    app.add_route("/docs", docs_page)
+    app.add_route("/docs/{name}", docs_page, suffix="asset")
     app.add_route("/api/v1/positions", resources.PositionsResource())
     app.add_route("/api/v1/positions/{asset}", resources.PositionResource())
     app.add_route("/api/v1/positions/{asset}/validate", resources.ValidateResource())

@@ -17,14 +17,15 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from app import logs
+from app.api import docs
 from app.api.errors import ApiError
 from app.api.keys import digest
 from app.db import q
 
 access_log = logging.getLogger("position_manager.api.access")
 
-# Paths that need no API key: load balancers and the schema.
-PUBLIC_PATHS = frozenset({"/health", "/openapi.yaml"})
+# Paths that need no API key: load balancers, the schema and its browsable page (/docs and its assets).
+PUBLIC_PATHS = frozenset({"/health", "/openapi.yaml"}) | docs.PATHS
 # A trace id from the caller is echoed only when it is a sane token (it goes into logs and SQL).
 _TRACE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 

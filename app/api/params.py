@@ -14,8 +14,10 @@ import falcon
 from app.api.errors import bad_parameter
 
 MODES = ("one-way", "hedge")
-# Bybit linear symbols (BTCUSDT, 1000PEPEUSDT, ...); positions.asset is VARCHAR(20).
-_ASSET = re.compile(r"^[A-Z0-9][A-Z0-9._-]{0,19}$")
+# Bybit linear symbols (BTCUSDT, 1000PEPEUSDT, ...); positions.asset is VARCHAR(20). A symbol has
+# at least one letter, so it is never confused with a position id (a UUID, 36 characters anyway).
+_ASSET = re.compile(r"^(?=[A-Z0-9._-]*[A-Z])[A-Z0-9][A-Z0-9._-]{0,19}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 INT4_MAX = 2**31 - 1
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
@@ -38,8 +40,21 @@ def asset_value(value: str, name: str = "asset") -> str:
     """Case-insensitive on input, upper case inside."""
     normalised = value.upper()
     if not _ASSET.match(normalised):
-        raise bad_parameter(name, f"expected a symbol such as BTCUSDT (letters, digits, at most 20), got {value!r}")
+        raise bad_parameter(name, f"expected a symbol such as BTCUSDT (letters and digits, at least one letter, "
+                                  f"at most 20), got {value!r}")
     return normalised
+
+
+def position(req: falcon.Request, value: str, name: str = "asset") -> dict:
+    """The position a path names, as the queries take it (pm.position_key): {"asset", "mode"}.
+    A symbol (case-insensitive) with ?mode= (default one-way), or the position's id (a UUID) whose
+    own mode applies (?mode=, when given, must be that mode)."""
+    if _UUID.match(value.lower()):
+        return {"asset": value.lower(), "mode": mode(req, default=None)}
+    if not _ASSET.match(value.upper()):
+        raise bad_parameter(name, f"expected a symbol such as BTCUSDT (letters and digits, at least one letter, "
+                                  f"at most 20) or a position id (UUID), got {value[:64]!r}")
+    return {"asset": value.upper(), "mode": mode(req)}
 
 
 def asset(req: falcon.Request, name: str = "asset") -> str | None:

@@ -7,17 +7,16 @@ re-serialisation in Python.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import falcon
 
 from app.api import params
+from app.api.docs import OPENAPI_FILE
 from app.api.cache import PortfolioCache
 from app.api.errors import not_found
 from app.api.middleware import actor, connection
 from app.db import q, write
 
-OPENAPI_FILE = Path(__file__).resolve().parent.parent / "openapi.yaml"
 POSITIONS_LIMIT_MAX = 10000
 SNAPSHOTS_LIMIT_MAX = 1000
 
@@ -76,11 +75,10 @@ class PositionResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
-        asset = params.asset_value(asset)
-        mode = params.mode(req)
-        row = connection(req).execute(q("api_get_position"), {"asset": asset, "mode": mode}).fetchone()
+        key = params.position(req, asset)
+        row = connection(req).execute(q("api_get_position"), key).fetchone()
         if row is None:
-            raise not_found(f"no position {asset} ({mode})")
+            raise not_found(f"no position {key['asset']} ({key['mode']})")
         body, version = row
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
         etag = f'W/"{version}"'
@@ -96,8 +94,7 @@ class ValidateResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode", "fix_discrepancies")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req),
-                "fix": params.boolean(req, "fix_discrepancies", False),
+        args = {**params.position(req, asset), "fix": params.boolean(req, "fix_discrepancies", False),
                 "trace": req.context.trace_id, "actor": actor(req)}
         send_json(resp, call_write(req, "api_validate_position", args))
 
@@ -107,7 +104,7 @@ class SnapshotResource:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "trace": req.context.trace_id}
+        args = {**params.position(req, asset), "trace": req.context.trace_id}
         send_json(resp, call_write(req, "api_snapshot_position", args), falcon.HTTP_201)
 
 
@@ -117,8 +114,7 @@ class SnapshotsResource:
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode", "limit", "offset", "from", "to")
         args = {
-            "asset": params.asset_value(asset),
-            "mode": params.mode(req),
+            **params.position(req, asset),
             "limit": params.integer(req, "limit", default=100, minimum=1, maximum=SNAPSHOTS_LIMIT_MAX),
             "offset": params.integer(req, "offset", default=0, minimum=0),
             "from": params.timestamp(req, "from"),

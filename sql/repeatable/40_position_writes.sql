@@ -15,18 +15,21 @@ BEGIN
     IF FOUND OR NOT p_create THEN
         RETURN pos;
     END IF;
+    -- versions continue across a deletion of the same asset and mode (pm.delete_position), so an
+    -- ETag or If-Match of the deleted row never matches the new one
     INSERT INTO public.positions (asset, mode, size, realized_pnl, unrealized_pnl, long_size, short_size,
                                   version, created_at, last_updated)
     VALUES (p_asset, p_mode, 0, 0, 0,
             CASE WHEN p_mode = 'hedge' THEN 0 END, CASE WHEN p_mode = 'hedge' THEN 0 END,
-            0, pm.now_utc(), pm.now_utc())
+            coalesce((SELECT max(d.version) FROM pm.deleted_positions d WHERE d.asset = p_asset AND d.mode = p_mode), 0),
+            pm.now_utc(), pm.now_utc())
     ON CONFLICT (asset, mode) DO NOTHING;
     SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
     RETURN pos;
 END
 $$;
 COMMENT ON FUNCTION pm.lock_position(text, text, boolean) IS
-    'pm.lock_position(asset, mode, create) -> the positions row locked FOR NO KEY UPDATE (concurrent writers queue here, no update is lost; inserts that only reference the row, like snapshots, are not blocked); with create, a missing row is inserted flat with version 0 first (race-safe). Returns an all-NULL row when absent and not created.';
+    'pm.lock_position(asset, mode, create) -> the positions row locked FOR NO KEY UPDATE (concurrent writers queue here, no update is lost; inserts that only reference the row, like snapshots, are not blocked); with create, a missing row is inserted flat first (race-safe), with version 0, or the version at which the same asset and mode was last deleted (pm.deleted_positions), so versions never repeat. Returns an all-NULL row when absent and not created.';
 
 -- pm.existing_position(asset, mode) -> positions row
 -- A position by its identity (asset any case), not locked; P0002 when there is none.
@@ -48,6 +51,53 @@ $$;
 COMMENT ON FUNCTION pm.existing_position(text, text) IS
     'pm.existing_position(asset, mode) -> the positions row (asset case-insensitive), without a lock. Raises 22023 for a mode other than one-way/hedge, P0002 when there is no such position. Read only.';
 
+-- pm.position_key(reference, mode) -> (asset, mode)
+-- Which position a path names: a symbol (mode default one-way) or the position's id (its own mode).
+CREATE OR REPLACE FUNCTION pm.position_key(p_ref text, p_mode text DEFAULT NULL)
+RETURNS TABLE (asset text, mode text)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_id uuid;
+    v_deleted timestamptz;
+BEGIN
+    IF p_ref IS NULL OR p_ref !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' THEN
+        -- a symbol: the function it is passed to checks it and the mode, and raises P0002
+        RETURN QUERY SELECT upper(p_ref), coalesce(p_mode, 'one-way');
+        RETURN;
+    END IF;
+    v_id := p_ref::uuid;
+    RETURN QUERY SELECT p.asset::text, p.mode::text FROM public.positions p
+                  WHERE p.id = v_id AND (p_mode IS NULL OR p.mode = p_mode);
+    IF FOUND THEN
+        RETURN;
+    END IF;
+    SELECT d.deleted_at INTO v_deleted FROM pm.deleted_positions d WHERE d.id = v_id;
+    IF FOUND THEN
+        RAISE EXCEPTION 'position % was deleted at %', v_id, pm.iso(v_deleted) USING ERRCODE = 'P0002';
+    END IF;
+    RAISE EXCEPTION 'position % not found%', v_id,
+        CASE WHEN p_mode IS NOT NULL AND EXISTS (SELECT 1 FROM public.positions p WHERE p.id = v_id)
+             THEN ' in mode ' || p_mode ELSE '' END USING ERRCODE = 'P0002';
+END
+$$;
+COMMENT ON FUNCTION pm.position_key(text, text) IS
+    'pm.position_key(reference, mode or NULL) -> one row (asset, mode): the position a path names. A reference that is a UUID is a position id: its asset and mode (P0002 when no position has that id, with the time of its deletion when it was deleted, or when mode is given and differs). Anything else is a symbol: (upper case, mode or one-way), unchecked (the function it is passed to validates it). Read only.';
+
+-- pm.expect_version(positions row, expected version)
+-- The If-Match check: PM412 naming both versions when an expected version is given and differs.
+CREATE OR REPLACE FUNCTION pm.expect_version(p_pos public.positions, p_expected_version integer) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_expected_version IS NOT NULL AND p_expected_version <> p_pos.version THEN
+        RAISE EXCEPTION 'version mismatch on %/%: expected %, current %', p_pos.asset, p_pos.mode,
+                        p_expected_version, p_pos.version
+            USING ERRCODE = 'PM412', DETAIL = p_pos.version::text;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pm.expect_version(public.positions, integer) IS
+    'pm.expect_version(positions row, expected version or NULL): raises PM412 (DETAIL = current version) when an expected version is given and is not the row''s; nothing otherwise. Pure.';
+
 -- pm.lock_existing_position(asset, mode, expected version) -> positions row
 -- An existing row locked (pm.lock_position), after the optional expected-version check (If-Match).
 CREATE OR REPLACE FUNCTION pm.lock_existing_position(p_asset text, p_mode text, p_expected_version integer)
@@ -60,11 +110,7 @@ BEGIN
     IF pos.id IS NULL THEN   -- (deleted between the lookup and the lock)
         RAISE EXCEPTION 'position %/% not found', upper(p_asset), p_mode USING ERRCODE = 'P0002';
     END IF;
-    IF p_expected_version IS NOT NULL AND p_expected_version <> pos.version THEN
-        RAISE EXCEPTION 'version mismatch on %/%: expected %, current %', pos.asset, pos.mode,
-                        p_expected_version, pos.version
-            USING ERRCODE = 'PM412', DETAIL = pos.version::text;
-    END IF;
+    PERFORM pm.expect_version(pos, p_expected_version);
     RETURN pos;
 END
 $$;

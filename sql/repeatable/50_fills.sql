@@ -51,7 +51,10 @@ BEGIN
         RETURN jsonb_build_object('status', CASE WHEN dq = 0 THEN 'duplicate' ELSE 'stale' END,
                                   'reason', format('order %s: %s already applied, event says %s', c.order_id, prev.cum_qty, c.qty));
     END IF;
-    IF prev.position_id IS NOT NULL AND prev.position_id <> pos.id THEN
+    IF prev.position_id IS NOT NULL AND prev.position_id <> pos.id
+       -- (the earlier row of this asset and mode, deleted since, is the same position to the order)
+       AND NOT EXISTS (SELECT 1 FROM pm.deleted_positions d
+                        WHERE d.id = prev.position_id AND d.asset = pos.asset AND d.mode = pos.mode) THEN
         PERFORM pm.bad_input('order.asset', format('order %s was applied to another position before', c.order_id));
     END IF;
     price := round((c.price * c.qty - coalesce(prev.cum_notional, 0)) / dq, 8);
@@ -71,7 +74,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.apply_order_progress(text, text, pm.executions) IS
-    'pm.apply_order_progress(asset, mode, cumulative figures of an order as pm.parse_order_progress gives them) -> result jsonb. Derives the new execution as the difference to what was applied for the order: dq = cum_qty - prev_qty, price = (cum_avg x cum_qty - prev_notional) / dq, fee likewise; dq = 0 is duplicate, dq < 0 stale (both without effect); key order:<id>:<cumulative qty>. Locks the position, then the order''s progress row. Raises 22023 when the order was applied to another position or the averages are inconsistent.';
+    'pm.apply_order_progress(asset, mode, cumulative figures of an order as pm.parse_order_progress gives them) -> result jsonb. Derives the new execution as the difference to what was applied for the order: dq = cum_qty - prev_qty, price = (cum_avg x cum_qty - prev_notional) / dq, fee likewise; dq = 0 is duplicate, dq < 0 stale (both without effect); key order:<id>:<cumulative qty>. Locks the position, then the order''s progress row. Raises 22023 when the order was applied to another position (a deleted row of the same asset and mode counts as this one) or the averages are inconsistent.';
 
 -- pm.ignore_counted(counter, reason) -> jsonb
 -- An acknowledged message without effect that operators should see: counts it, says why.

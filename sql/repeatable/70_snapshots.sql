@@ -118,6 +118,7 @@ RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     n integer;
+    m integer;
 BEGIN
     IF p_retention_days IS NULL OR p_retention_days < 1 THEN
         PERFORM pm.bad_input('retention_days', format('must be >= 1, got %s', p_retention_days));
@@ -132,8 +133,19 @@ BEGIN
                      LIMIT p_batch_size
                      FOR UPDATE SKIP LOCKED);
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n < p_batch_size THEN
+        -- the archived snapshots of deleted positions keep the same retention
+        DELETE FROM pm.deleted_position_snapshots s
+         WHERE s.id IN (SELECT d.id FROM pm.deleted_position_snapshots d
+                         WHERE d.snapshot_timestamp < pm.now_utc() - make_interval(days => p_retention_days)
+                         ORDER BY d.snapshot_timestamp
+                         LIMIT p_batch_size - n
+                         FOR UPDATE SKIP LOCKED);
+        GET DIAGNOSTICS m = ROW_COUNT;
+        n := n + m;
+    END IF;
     RETURN n;
 END
 $$;
 COMMENT ON FUNCTION pm.cleanup_snapshots(integer, integer) IS
-    'pm.cleanup_snapshots(retention days, batch size) -> rows deleted: ONE batch of the oldest snapshots older than the retention. Call it repeatedly, committing in between, until it returns less than the batch size: locks stay short and fills are never stalled.';
+    'pm.cleanup_snapshots(retention days, batch size) -> rows deleted: ONE batch of the oldest snapshots older than the retention (position_snapshots first, then the archived snapshots of deleted positions, pm.deleted_position_snapshots). Call it repeatedly, committing in between, until it returns less than the batch size: locks stay short and fills are never stalled.';

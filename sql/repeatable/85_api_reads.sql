@@ -312,10 +312,16 @@ SELECT (SELECT count(*) FROM pm.v_positions v WHERE v.is_open)::integer AS open_
        round(exposure.largest * 100 / nullif(exposure.total, 0), 4) AS largest_position_pct,
        risk.n::integer AS positions_at_risk,
        risk.assets AS positions_at_risk_assets,
-       now() AS calculated_at
-  FROM closed, open_h, exposure, risk;
+       now() AS calculated_at,
+       -- the portfolio's counts and totals beside the statistics (the same definitions as pm.v_portfolio)
+       (SELECT count(*) FROM public.positions)::integer AS total_positions,
+       ((SELECT count(*) FROM public.positions) - t.open_positions_count)::integer AS closed_positions,
+       t.total_exposure_usdt AS total_market_value,
+       t.total_unrealized_pnl_usdt AS total_unrealized_pnl,
+       t.total_realized_pnl_usdt AS total_realized_pnl
+  FROM closed, open_h, exposure, risk, pm.portfolio_totals(NULL) t;
 COMMENT ON VIEW pm.v_trade_statistics IS
-    'Exactly one row of trade statistics over the holdings of the ledger: open_positions, open/closed holdings, wins, losses, win_rate_pct (of closed holdings, NULL when none), profit_factor (gross profit / gross loss, NULL without losses), average_win, average_loss (negative), largest win/loss, closed_realized_pnl, largest_position_pct (largest open exposure / total exposure x 100), positions_at_risk (open long at or below its stop_loss, open short at or above it). Read by Grafana and GET /api/v1/portfolio/summary.';
+    'Exactly one row of trade statistics over the holdings of the ledger: open_positions, open/closed holdings, wins, losses, win_rate_pct (of closed holdings, NULL when none), profit_factor (gross profit / gross loss, NULL without losses), average_win, average_loss (negative), largest win/loss, closed_realized_pnl, largest_position_pct (largest open exposure / total exposure x 100), positions_at_risk (open long at or below its stop_loss, open short at or above it); and the portfolio beside them: total_positions (every position, open or flat), closed_positions (flat ones), total_market_value (= total_exposure_usdt: |size| x current price over open positions with a price), total_unrealized_pnl, total_realized_pnl (as pm.v_portfolio). Read by Grafana and GET /api/v1/portfolio/summary.';
 
 -- pm.trade_statistics_json() -> jsonb
 -- GET /api/v1/portfolio/summary: pm.v_trade_statistics with decimals as strings.
@@ -331,7 +337,10 @@ LANGUAGE sql STABLE AS $$
         'closed_realized_pnl', pm.dec(s.closed_realized_pnl),
         'largest_position_pct', pm.dec(s.largest_position_pct),
         'positions_at_risk', s.positions_at_risk, 'positions_at_risk_assets', to_jsonb(s.positions_at_risk_assets),
-        'calculated_at', pm.iso(s.calculated_at))
+        'calculated_at', pm.iso(s.calculated_at),
+        'total_positions', s.total_positions, 'closed_positions', s.closed_positions,
+        'total_market_value', pm.dec(s.total_market_value), 'total_unrealized_pnl', pm.dec(s.total_unrealized_pnl),
+        'total_realized_pnl', pm.dec(s.total_realized_pnl))
       FROM pm.v_trade_statistics s
 $$;
 COMMENT ON FUNCTION pm.trade_statistics_json() IS

@@ -101,7 +101,7 @@ def test_openapi_document_lists_every_route(client):
 
 
 def test_wrong_method_is_405_json(client, btc):
-    for method, path in [("DELETE", "/api/v1/positions/BTCUSDT"), ("POST", "/api/v1/portfolio"),
+    for method, path in [("PUT", "/api/v1/positions/BTCUSDT"), ("POST", "/api/v1/portfolio"),
                          ("GET", "/api/v1/positions/BTCUSDT/validate"), ("PUT", "/api/v1/positions")]:
         response = client.simulate_request(method, path)
         assert response.status_code == 405, (method, path)

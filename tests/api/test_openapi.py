@@ -32,7 +32,8 @@ def app(make_app, api_settings, db):
 EXTRAS_OPERATIONS = {
     "PATCH /api/v1/positions/{asset}", "POST /api/v1/positions/{asset}/close", "GET /api/v1/positions/{asset}/history",
     "POST /api/v1/prices", "GET /api/v1/portfolio/summary", "GET /api/v1/api-keys", "POST /api/v1/api-keys",
-    "DELETE /api/v1/api-keys/{name}", "GET /api/v1/stream"}
+    "DELETE /api/v1/api-keys/{name}", "GET /api/v1/stream", "POST /api/v1/positions",
+    "DELETE /api/v1/positions/{asset}", "POST /api/v1/positions/bulk-update"}
 # An SSE stream only ends after POSITION_MANAGER_STREAM_MAX_SECONDS: covered over real HTTP by
 # tests/api/extras/test_stream.py instead.
 NOT_FUZZED = {"GET /api/v1/stream"}
@@ -55,7 +56,7 @@ def operations(app):
 def test_document_covers_every_route(app):
     labels = {op.label for op in operations(app)}  # schemathesis leaves out the document's own path
     assert labels == {
-        "GET /health", "GET /api/v1/positions", "GET /api/v1/positions/{asset}",
+        "GET /health", "GET /docs", "GET /api/v1/positions", "GET /api/v1/positions/{asset}",
         "POST /api/v1/positions/{asset}/validate", "POST /api/v1/positions/{asset}/snapshot",
         "GET /api/v1/positions/{asset}/snapshots", "GET /api/v1/portfolio", "GET /api/v1/portfolio/exposure",
         "GET /api/v1/portfolio/pnl"} | EXTRAS_OPERATIONS

@@ -1,4 +1,4 @@
-"""The routes beyond positions and portfolio: manual control, price pushes, trade statistics, history and as-of,
+"""The routes beyond positions and portfolio: manual control (open, close, delete, bulk updates), price pushes, trade statistics, history and as-of,
 scoped API keys and the live stream. `register(app, settings)` adds everything to an app built by
 app.api.create_app; AuthMiddleware gets `stored_key_lookup(...)` for the keys of pm.api_keys.
 """
@@ -15,9 +15,11 @@ __all__ = ["register", "stored_key_lookup"]
 
 
 def register(app: falcon.App, settings: Settings) -> None:
-    """Routes and the scope check; call it last in create_app (it replaces the single-position
-    route with a subclass that adds ?as_of= and PATCH)."""
+    """Routes and the scope check; call it last in create_app (it replaces the positions routes
+    with subclasses that add POST, ?as_of=, PATCH and DELETE)."""
     app.add_middleware(ScopeMiddleware())
+    app.add_route("/api/v1/positions", resources.PositionsExtResource())
+    app.add_route("/api/v1/positions/bulk-update", resources.BulkUpdateResource())
     app.add_route("/api/v1/positions/{asset}", resources.PositionExtResource())
     app.add_route("/api/v1/positions/{asset}/close", resources.CloseResource())
     app.add_route("/api/v1/positions/{asset}/history", resources.HistoryResource())

@@ -57,6 +57,7 @@ def key_scope(req: falcon.Request) -> str | None:
 _SCOPES: dict[tuple[str, str], str | Callable[[falcon.Request], str]] = {
     ("POST", "/api/v1/positions/{asset}/validate"):
         lambda req: "admin" if req.get_param("fix_discrepancies") == "true" else "read",
+    ("DELETE", "/api/v1/positions/{asset}"): "admin",
     ("GET", "/api/v1/api-keys"): "admin",
     ("POST", "/api/v1/api-keys"): "admin",
     ("DELETE", "/api/v1/api-keys/{name}"): "admin",

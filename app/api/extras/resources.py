@@ -1,6 +1,8 @@
-"""The endpoints beyond positions and portfolio: manual control, price pushes, trade statistics,
-history and as-of, API key management. Each checks its parameters and makes one SQL call
-(sql/0040-0043); bodies come back from SQL as JSON text and are sent as they are.
+"""The endpoints beyond positions and portfolio: manual control (metadata, price, open, close, delete,
+bulk updates), price pushes, trade statistics, history and as-of, API key management. Each checks
+its parameters and makes one SQL call (sql/repeatable/88_manual.sql and the others); bodies come
+back from SQL as JSON text and are sent as they are. Calls that write run in a write transaction
+behind the upgrade gate (call_write).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from app.api import params
 from app.api.errors import ApiError, bad_parameter
 from app.api.keys import SCOPES, digest, new_key
 from app.api.middleware import actor
-from app.api.resources import PositionResource, call_one, call_write, send_json
+from app.api.resources import PositionResource, PositionsResource, call_one, call_write, send_json
 
 HISTORY_LIMIT_MAX = 1000
 PRICES_MAX_SYMBOLS = 1000
@@ -55,8 +57,21 @@ def _set_etag(resp: falcon.Response, position: dict) -> None:
     resp.set_header("ETag", f'W/"{position["version"]}"')
 
 
+class PositionsExtResource(PositionsResource):
+    """GET /api/v1/positions (PositionsResource) and POST /api/v1/positions: open a position by hand."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+        args = {"body": json.dumps(json_body(req)), "trace": req.context.trace_id, "actor": actor(req)}
+        position = json.loads(call_write(req, "extras_open_position", args))["position"]
+        _set_etag(resp, position)
+        resp.location = f"/api/v1/positions/{position['id']}"
+        send_json(resp, json.dumps(position), falcon.HTTP_201)
+
+
 class PositionExtResource(PositionResource):
-    """GET /api/v1/positions/{asset} (plus ?as_of=) and PATCH /api/v1/positions/{asset}.
+    """GET /api/v1/positions/{asset} (plus ?as_of=), PATCH and DELETE /api/v1/positions/{asset};
+    {asset} is a symbol or the position's id.
 
     Replaces the route of PositionResource: a GET without as_of is exactly its GET."""
 
@@ -64,16 +79,31 @@ class PositionExtResource(PositionResource):
         if "as_of" not in req.params:
             return super().on_get(req, resp, asset)
         params.only(req, "mode", "as_of")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "as_of": params.timestamp(req, "as_of")}
+        args = {**params.position(req, asset), "as_of": params.timestamp(req, "as_of")}
         send_json(resp, call_one(req, "extras_position_as_of", args))
 
     def on_patch(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "patch": json.dumps(json_body(req)),
+        args = {**params.position(req, asset), "patch": json.dumps(json_body(req)),
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
         result = json.loads(call_write(req, "extras_update_position_meta", args))
         _set_etag(resp, result["position"])
         send_json(resp, json.dumps(result["position"]))
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
+        params.only(req, "mode")
+        args = {**params.position(req, asset), "expected_version": expected_version(req),
+                "trace": req.context.trace_id, "actor": actor(req)}
+        send_json(resp, call_write(req, "extras_delete_position", args))
+
+
+class BulkUpdateResource:
+    """POST /api/v1/positions/bulk-update {"position_ids": [...], "updates": {...}}: all or nothing."""
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        params.only(req)
+        args = {"body": json.dumps(json_body(req)), "trace": req.context.trace_id, "actor": actor(req)}
+        send_json(resp, call_write(req, "extras_bulk_update_positions", args))
 
 
 class CloseResource:
@@ -84,7 +114,7 @@ class CloseResource:
         exit_price = params.decimal(req, "exit_price")
         if exit_price is not None and exit_price <= 0:
             raise bad_parameter("exit_price", f"must be > 0, got {req.get_param('exit_price')!r}")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req), "exit_price": exit_price,
+        args = {**params.position(req, asset), "exit_price": exit_price,
                 "expected_version": expected_version(req), "trace": req.context.trace_id, "actor": actor(req)}
         body = call_write(req, "extras_close_position", args)
         _set_etag(resp, json.loads(body)["position"])
@@ -118,7 +148,7 @@ class HistoryResource:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode", "limit", "offset")
-        args = {"asset": params.asset_value(asset), "mode": params.mode(req),
+        args = {**params.position(req, asset),
                 "limit": params.integer(req, "limit", default=100, minimum=1, maximum=HISTORY_LIMIT_MAX),
                 "offset": params.integer(req, "offset", default=0, minimum=0)}
         send_json(resp, call_one(req, "extras_position_history", args))
