@@ -214,6 +214,10 @@ SELECT pm.outbox_mark_published(%(ids)s::bigint[])
 -- One coalesced portfolio_updated event if positions changed and the interval elapsed.
 SELECT pm.enqueue_portfolio_event(%(interval)s::numeric)
 
+-- name: pipeline_record_subscription
+-- The outcome of one request to ws-gateway for its position topic (shown by /health).
+SELECT pm.record_subscription(%(provider)s, %(channel)s, %(subscribed)s, %(status)s)
+
 -- name: demo_open_positions
 -- bin/demo: which open positions exist yet, and whether they have a price.
 SELECT asset, current_price FROM pm.v_positions WHERE is_open

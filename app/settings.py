@@ -92,6 +92,28 @@ def _url(raw: str) -> str:
     return value
 
 
+def _optional_url(raw: str) -> str:
+    return _url(raw) if raw.strip() else ""
+
+
+# Bybit's REST hosts by ytrader's BYBIT_ENVIRONMENT (what BYBIT_API_URL defaults to).
+BYBIT_HOSTS = {"mainnet": "https://api.bybit.com", "testnet": "https://api-testnet.bybit.com"}
+
+
+def _bybit_environment(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in BYBIT_HOSTS:
+        raise ValueError(f"expected one of {', '.join(BYBIT_HOSTS)}")
+    return value
+
+
+def _host(raw: str) -> str:
+    value = raw.strip()
+    if value and not all(c.isalnum() or c in ".-_:[]" for c in value):
+        raise ValueError("expected a host name or address")
+    return value
+
+
 def parse_overrides(raw: str) -> dict[str, int]:
     """`key:limit,key:limit` -> {key: limit}."""
     result: dict[str, int] = {}
@@ -155,7 +177,17 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("rate_limit_enabled", "POSITION_MANAGER_RATE_LIMIT_ENABLED", "true", _bool),
     ("rate_limit_default", "POSITION_MANAGER_RATE_LIMIT_DEFAULT", "100", _pos_int),
     ("rate_limit_overrides", "POSITION_MANAGER_RATE_LIMIT_OVERRIDES", "", parse_overrides),
-    ("bybit_api_url", "BYBIT_API_URL", "https://api.bybit.com", _url),
+    # The price job's Bybit host: BYBIT_API_URL when set, else the host of BYBIT_ENVIRONMENT
+    # (testnet or mainnet, as in the trading stack's own configuration).
+    ("bybit_environment", "BYBIT_ENVIRONMENT", "mainnet", _bybit_environment),
+    ("bybit_api_url", "BYBIT_API_URL", "", _optional_url),
+    # ws-gateway: when WS_GATEWAY_HOST is set, the position consumer asks it (POST
+    # /api/v1/subscriptions, X-API-Key) to forward Bybit's position topic, at start and then every
+    # POSITION_MANAGER_WS_SUBSCRIPTION_INTERVAL seconds.
+    ("ws_gateway_host", "WS_GATEWAY_HOST", "", _host),
+    ("ws_gateway_port", "WS_GATEWAY_PORT", "4400", _port),
+    ("ws_gateway_api_key", "WS_GATEWAY_API_KEY", "", _str),
+    ("ws_subscription_interval", "POSITION_MANAGER_WS_SUBSCRIPTION_INTERVAL", "300", _pos_int),
     # The API under gunicorn (bin/serve): worker processes, threads per worker.
     ("api_workers", "POSITION_MANAGER_API_WORKERS", "4", _pos_int),
     ("api_threads", "POSITION_MANAGER_API_THREADS", "4", _pos_int),
@@ -213,7 +245,12 @@ class Settings:
     rate_limit_enabled: bool
     rate_limit_default: int
     rate_limit_overrides: dict[str, int]
+    bybit_environment: str
     bybit_api_url: str
+    ws_gateway_host: str
+    ws_gateway_port: int
+    ws_gateway_api_key: str
+    ws_subscription_interval: int
     api_workers: int
     api_threads: int
     bench_reference: bool
@@ -246,6 +283,13 @@ class Settings:
             info["password"] = self.postgres_password
         return info
 
+    @property
+    def ws_gateway_url(self) -> str | None:
+        """ws-gateway's subscription endpoint, or None when WS_GATEWAY_HOST is not set."""
+        if not self.ws_gateway_host:
+            return None
+        return f"http://{self.ws_gateway_host}:{self.ws_gateway_port}/api/v1/subscriptions"
+
     def valid_api_keys(self) -> dict[str, int]:
         """Every accepted key with its requests/minute limit."""
         keys = {k: v for k, v in self.rate_limit_overrides.items()}
@@ -273,6 +317,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
             values[attr] = parse(raw)
         except (ValueError, ArithmeticError) as exc:
             raise ConfigError(f"{name}={raw!r} is malformed: {exc}") from None
+    if not values["bybit_api_url"]:
+        values["bybit_api_url"] = BYBIT_HOSTS[values["bybit_environment"]]
+    if values["ws_gateway_host"] and not values["ws_gateway_api_key"]:
+        raise ConfigError("WS_GATEWAY_API_KEY is required when WS_GATEWAY_HOST is set")
     return Settings(**values)
 
 

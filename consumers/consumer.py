@@ -45,6 +45,7 @@ import psycopg
 from app import broker, sqlstates
 from app import db as appdb
 from app.settings import Settings
+from consumers import ws_gateway
 
 log = logging.getLogger("position_manager.consumer")
 
@@ -165,6 +166,9 @@ class QueueConsumer:
         # the database call of a batch runs on this thread while the main thread keeps receiving
         # and decoding the next messages (pika is used by the main thread only)
         self.worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
+        # the position consumer keeps ws-gateway forwarding the position topic (its own thread)
+        self.subscription = (ws_gateway.Subscription(settings)
+                             if kind == "position" and settings.ws_gateway_url else None)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -173,6 +177,8 @@ class QueueConsumer:
         self.stopping = True
 
     def run(self) -> None:
+        if self.subscription is not None:
+            self.subscription.start()
         mq_backoff = broker.Backoff()
         while not self.stopping:
             try:
@@ -252,6 +258,8 @@ class QueueConsumer:
             except broker.BROKER_ERRORS:
                 pass
         self.worker.shutdown(wait=True)
+        if self.subscription is not None:
+            self.subscription.stop()
         if self.db is not None:
             self.db.close()
         log.info("stopped", extra={"queue": self.queue})

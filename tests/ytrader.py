@@ -11,9 +11,11 @@ the order is filled, timestamps without a zone) and serialised with json.dumps(d
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from datetime import datetime, timedelta
 from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pika
 
@@ -104,3 +106,63 @@ def publish_order_event(channel, queue: str, body: dict) -> None:
     delivery_mode), no message_id, content_type JSON, header trace_id."""
     channel.basic_publish("", queue, json.dumps(body, default=str).encode("utf-8"),
                           pika.BasicProperties(content_type="application/json", headers={"trace_id": body["trace_id"]}))
+
+
+class FakeWsGateway:
+    """A local HTTP server answering POST /api/v1/subscriptions like ws-gateway: each request gets
+    the next status of `statuses` (the last one repeats): 200 with a subscription, 409 with
+    ws-gateway's error body, anything else with a plain error. Requests are recorded (path,
+    headers, JSON body). `hold` (a threading.Event) makes every request wait until it is set."""
+
+    def __init__(self, statuses=(200,), hold: threading.Event | None = None) -> None:
+        self.statuses = list(statuses)
+        self.hold = hold
+        self.requests: list[dict] = []
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 (http.server's naming)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                fake.requests.append({"path": self.path, "headers": dict(self.headers),
+                                      "body": json.loads(raw or b"null")})
+                if fake.hold is not None:
+                    fake.hold.wait()
+                status = fake.statuses.pop(0) if len(fake.statuses) > 1 else fake.statuses[0]
+                if 200 <= status < 300:
+                    body = {"id": str(uuid.uuid4()), "channel_type": "position", "symbol": None,
+                            "topic": "position", "requesting_service": "position-manager", "is_active": True,
+                            "created_at": datetime.utcnow().isoformat(), "updated_at": datetime.utcnow().isoformat(),
+                            "last_event_at": None}
+                elif status == 409:
+                    body = {"detail": {"error": "Subscription already exists", "code": "SUBSCRIPTION_ERROR",
+                                       "details": None}}
+                else:
+                    body = {"detail": "ws-gateway is not ready"}
+                raw = json.dumps(body).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except OSError:
+                    pass  # the client gave up waiting
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FakeWsGateway":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        self.server.shutdown()
+        self.server.server_close()

@@ -39,7 +39,7 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
 
     cache = PortfolioCache(float(settings.metrics_cache_ttl))
     broker = broker or BrokerProbe(settings.rabbitmq_host, settings.rabbitmq_port)
-    app.add_route("/health", HealthResource(pool, broker, settings.service_name))
+    app.add_route("/health", HealthResource(pool, broker, settings.service_name, bool(settings.ws_gateway_url)))
     app.add_route("/openapi.yaml", resources.OpenApiResource())
     docs_page = docs.DocsResource()
     app.add_route("/docs", docs_page)

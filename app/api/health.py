@@ -4,6 +4,11 @@
 expects (app/schema.py, from the files under sql/): a database behind the code makes the service
 "degraded" (run bin/migrate).
 
+"ws_gateway" says whether ws-gateway forwards Bybit's position topic: `{"enabled": false}` when
+WS_GATEWAY_HOST is not set; else what the position consumer recorded of its latest request
+(pm.record_subscription: subscribed, last_status, failures, times), `subscribed` null before its
+first attempt. A failed latest attempt makes the service "degraded" (the exchange stream is off).
+
 The API does not use RabbitMQ itself, but the consumers of this deployment do: a broker that
 cannot be reached makes the service "degraded" (still answering from the database). The broker is
 probed with a TCP connect of short timeout, cached a few seconds so that a load balancer polling
@@ -59,10 +64,11 @@ def utc_now_iso() -> str:
 
 
 class HealthResource:
-    def __init__(self, pool: ConnectionPool, broker: BrokerProbe, service: str):
+    def __init__(self, pool: ConnectionPool, broker: BrokerProbe, service: str, ws_gateway: bool = False):
         self.pool = pool
         self.broker = broker
         self.service = service
+        self.ws_gateway = ws_gateway
         self.expected_schema = schema.expected()["version"]
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -82,7 +88,10 @@ class HealthResource:
             body.update(counters)
             db_schema = body["schema"] = dict(counters.get("schema") or {}, expected=self.expected_schema)
             db_schema["up_to_date"] = self.expected_schema is None or db_schema.get("version") == self.expected_schema
-            body.update(status="healthy" if queue_connected and db_schema["up_to_date"] else "degraded",
-                        database_connected=True, timestamp=utc_now_iso())
+            ws = body["ws_gateway"] = {"enabled": self.ws_gateway}
+            if self.ws_gateway:
+                ws.update((counters.get("subscriptions") or {}).get("ws-gateway/position") or {"subscribed": None})
+            healthy = queue_connected and db_schema["up_to_date"] and ws.get("subscribed") is not False
+            body.update(status="healthy" if healthy else "degraded", database_connected=True, timestamp=utc_now_iso())
         resp.content_type = falcon.MEDIA_JSON
         resp.text = json.dumps(body)

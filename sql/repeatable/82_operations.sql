@@ -20,6 +20,37 @@ $$;
 COMMENT ON FUNCTION pm.record_dead_letter(text, text, text, text, text, jsonb) IS
     'pm.record_dead_letter(queue, reason, error code, message id, body, headers) -> id: keeps a dead-lettered message (body cut at 100 kB) for operators and Grafana, counts it.';
 
+-- pm.subscription_json(record) -> jsonb
+-- One upstream subscription as /health shows it.
+CREATE OR REPLACE FUNCTION pm.subscription_json(s pm.upstream_subscriptions) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('subscribed', s.subscribed, 'last_status', s.last_status, 'failures', s.failures,
+                              'last_attempt_at', pm.iso(s.last_attempt_at), 'last_success_at', pm.iso(s.last_success_at),
+                              'seconds_since_attempt', round(extract(epoch FROM now() - s.last_attempt_at)::numeric, 3))
+$$;
+COMMENT ON FUNCTION pm.subscription_json(pm.upstream_subscriptions) IS
+    'pm.subscription_json(record) -> {subscribed, last_status, failures, last_attempt_at, last_success_at, seconds_since_attempt}. Read only.';
+
+-- pm.record_subscription(provider, channel, subscribed, status) -> jsonb
+-- The outcome of one request for an upstream subscription (ws-gateway's position topic), for /health.
+CREATE OR REPLACE FUNCTION pm.record_subscription(p_provider text, p_channel text, p_subscribed boolean,
+                                                  p_status text)
+RETURNS jsonb
+LANGUAGE sql AS $$
+    INSERT INTO pm.upstream_subscriptions AS s (provider, channel, subscribed, last_status, failures,
+                                                last_attempt_at, last_success_at)
+    VALUES (p_provider, p_channel, p_subscribed, left(p_status, 500), CASE WHEN p_subscribed THEN 0 ELSE 1 END,
+            now(), CASE WHEN p_subscribed THEN now() END)
+    ON CONFLICT ON CONSTRAINT upstream_subscriptions_pkey DO UPDATE
+       SET subscribed = excluded.subscribed, last_status = excluded.last_status,
+           failures = CASE WHEN excluded.subscribed THEN 0 ELSE s.failures + 1 END,
+           last_attempt_at = excluded.last_attempt_at,
+           last_success_at = coalesce(excluded.last_success_at, s.last_success_at)
+    RETURNING pm.subscription_json(s)
+$$;
+COMMENT ON FUNCTION pm.record_subscription(text, text, boolean, text) IS
+    'pm.record_subscription(provider, channel, subscribed, status text) -> the record as pm.subscription_json gives it: the latest attempt''s outcome and status (cut at 500 characters), consecutive failures (reset by a success), last attempt and last success times. Called by the position consumer after each request to ws-gateway.';
+
 -- pm.schema_version() -> jsonb
 -- What this database was upgraded to: the newest numbered migration and the version of the code files.
 CREATE OR REPLACE FUNCTION pm.schema_version() RETURNS jsonb
@@ -61,7 +92,9 @@ LANGUAGE sql STABLE AS $$
             (SELECT round(extract(epoch FROM now() - min(created_at))::numeric, 3) FROM pm.outbox WHERE published_at IS NULL),
         'dead_letters', (SELECT count(*) FROM pm.dead_letters),
         'discrepancies_24h', (SELECT count(*) FROM pm.discrepancies WHERE detected_at > now() - interval '24 hours'),
-        'schema', pm.schema_version())
+        'schema', pm.schema_version(),
+        'subscriptions', coalesce((SELECT jsonb_object_agg(s.provider || '/' || s.channel, pm.subscription_json(s))
+                                     FROM pm.upstream_subscriptions s), '{}'::jsonb))
 $$;
 COMMENT ON FUNCTION pm.health() IS
-    'pm.health() -> {positions_count, open_positions_count, counters{order_events_without_price (always present), validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters, ...}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h, schema (pm.schema_version())}. Read only.';
+    'pm.health() -> {positions_count, open_positions_count, counters{order_events_without_price (always present), validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters, ...}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h, schema (pm.schema_version()), subscriptions {"<provider>/<channel>": pm.subscription_json}}. Read only.';

@@ -75,6 +75,24 @@ def test_health_reports_database_queue_and_counters(make_client, api_settings, b
     assert degraded.json["database_connected"] is True
 
 
+def test_health_shows_the_ws_gateway_subscription(make_client, api_settings, db):
+    off = make_client(api_settings).simulate_get("/health").json
+    assert off["ws_gateway"] == {"enabled": False} and off["status"] == "healthy"
+    configured = api_settings.with_overrides(ws_gateway_host="ws-gateway", ws_gateway_api_key="k")
+    client = make_client(configured)
+    pending = client.simulate_get("/health").json       # the consumer has not tried yet
+    assert pending["ws_gateway"] == {"enabled": True, "subscribed": None} and pending["status"] == "healthy"
+    db.execute("SELECT pm.record_subscription('ws-gateway', 'position', false, 'HTTP 401: bad key')")
+    failing = client.simulate_get("/health")
+    assert failing.status_code == 200 and failing.json["status"] == "degraded"
+    ws = failing.json["ws_gateway"]
+    assert (ws["subscribed"], ws["last_status"], ws["failures"], ws["last_success_at"]) == (False, "HTTP 401: bad key", 1, None)
+    db.execute("SELECT pm.record_subscription('ws-gateway', 'position', true, 'HTTP 409 (exists already)')")
+    ok = client.simulate_get("/health").json
+    assert ok["status"] == "healthy" and ok["ws_gateway"]["subscribed"] is True and ok["ws_gateway"]["failures"] == 0
+    assert ok["ws_gateway"]["last_attempt_at"].endswith("Z") and ok["ws_gateway"]["seconds_since_attempt"] >= 0
+
+
 def test_broker_probe_is_cached():
     port = free_port()
     probe = BrokerProbe("127.0.0.1", port, ttl=60, timeout=0.2)

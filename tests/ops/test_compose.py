@@ -101,3 +101,15 @@ def test_dockerfile_copies_what_exists_and_runs_an_entry_point():
                 assert (ROOT / source).exists(), line
     cmd = re.search(r'^CMD \["([^"]+)"\]', text, re.MULTILINE).group(1)
     assert (ROOT / cmd).is_file()
+
+
+def test_the_trading_stack_variables_reach_the_processes_that_use_them():
+    # the position consumer asks ws-gateway, and /health (the API) shows the outcome
+    for name in ("api", "consumer"):
+        env = SERVICES[name]["environment"]
+        assert {"WS_GATEWAY_HOST", "WS_GATEWAY_PORT", "WS_GATEWAY_API_KEY"} <= set(env), name
+        assert env["WS_GATEWAY_HOST"] == "${WS_GATEWAY_HOST:-}"     # off unless the stack sets it
+    # the price job follows the account's environment unless a host is given
+    scheduler = SERVICES["scheduler"]["environment"]
+    assert scheduler["BYBIT_ENVIRONMENT"] == "${BYBIT_ENVIRONMENT:-mainnet}"
+    assert scheduler["BYBIT_API_URL"] == "${BYBIT_API_URL:-}"

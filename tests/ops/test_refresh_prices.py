@@ -5,8 +5,11 @@ from decimal import Decimal
 
 import pytest
 
+from app import settings as settings_mod
+from bench.common import free_port
 from jobs import refresh_prices
 from jobs.bybit import BybitClient, PriceApiError
+from tests.conftest import base_environ
 from tests.ops.conftest import Reply, bybit_body, fill, set_price
 
 
@@ -157,3 +160,36 @@ def test_unreachable_api_fails(db, two_positions, job_env, capsys):
                                                    POSITION_MANAGER_PRICE_API_RETRIES="2"), sleep=lambda s: None)
     assert code == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("environment, api_url, host", [
+    ("testnet", None, "https://api-testnet.bybit.com"),
+    ("mainnet", None, "https://api.bybit.com"),
+    (None, None, "https://api.bybit.com"),
+    ("testnet", "", "https://api-testnet.bybit.com"),
+    ("testnet", "https://bybit.internal:8443/", "https://bybit.internal:8443"),
+])
+def test_the_bybit_host_follows_bybit_environment_unless_bybit_api_url_is_set(environment, api_url, host):
+    env = base_environ()
+    if environment is not None:
+        env["BYBIT_ENVIRONMENT"] = environment
+    if api_url is not None:
+        env["BYBIT_API_URL"] = api_url
+    assert settings_mod.load(env).bybit_api_url == host
+
+
+def test_an_unknown_bybit_environment_is_a_configuration_error():
+    with pytest.raises(settings_mod.ConfigError, match="BYBIT_ENVIRONMENT"):
+        settings_mod.load(base_environ(BYBIT_ENVIRONMENT="staging"))
+
+
+def test_testnet_positions_ask_the_testnet_host(db, two_positions, job_env, capsys, monkeypatch):
+    """The job's request goes to Bybit's testnet host (seen through a proxy that answers nothing,
+    so that no request leaves this machine)."""
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{free_port()}")
+    code = refresh_prices.main([], environ=job_env(BYBIT_ENVIRONMENT="testnet", POSITION_MANAGER_PRICE_API_RETRIES="0"),
+                               sleep=lambda s: None)
+    assert code == 1
+    assert "cannot reach https://api-testnet.bybit.com/v5/market/tickers" in capsys.readouterr().err
