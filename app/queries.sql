@@ -289,9 +289,14 @@ SELECT pm.api_key_revoke(%(name)s)
 LISTEN pm_outbox
 
 -- name: extras_stream_head
--- Where a stream without Last-Event-ID starts: the newest outbox id.
+-- Where a stream with a Last-Event-ID beyond the newest outbox id resumes: the newest outbox id.
 SELECT pm.stream_head()
 
+-- name: extras_stream_start
+-- A stream without Last-Event-ID: {"cursor", "positions"}, its initial_data (the open positions) and where it goes on.
+SELECT pm.stream_start(%(assets)s::text[], %(grace)s)
+
 -- name: extras_stream_fetch
--- The next position_updated events after an outbox id, never skipping one still in flight.
-SELECT pm.stream_fetch(%(after)s, %(limit)s, %(hold)s::jsonb, %(grace)s)
+-- The next events after an outbox id (typed, price changes coalesced, of the assets or all), never
+-- skipping one still in flight.
+SELECT pm.stream_fetch(%(after)s, %(limit)s, %(hold)s::jsonb, %(grace)s, %(assets)s::text[])

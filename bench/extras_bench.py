@@ -96,7 +96,9 @@ class Stream:
                 if line.startswith(":"):
                     self.ready.set()
                 elif line == "":
-                    if "data" in current:
+                    if current.get("event") == "initial_data":     # the stream is listening
+                        self.ready.set()
+                    elif "data" in current:
                         data = json.loads(current["data"])
                         self.events.append((time.perf_counter(), int(current["id"]), data["asset"], data["version"]))
                     current = {}

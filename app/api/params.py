@@ -62,6 +62,17 @@ def asset(req: falcon.Request, name: str = "asset") -> str | None:
     return None if raw is None else asset_value(raw, name)
 
 
+def assets(req: falcon.Request, name: str = "asset", maximum: int = 100) -> list[str] | None:
+    """A comma-separated list of symbols (BTCUSDT,ETHUSDT), each case-insensitive; None when absent."""
+    raw = _raw(req, name)
+    if raw is None:
+        return None
+    names = raw.split(",")
+    if len(names) > maximum:
+        raise bad_parameter(name, f"at most {maximum} symbols, got {len(names)}")
+    return sorted({asset_value(part, name) for part in names})
+
+
 def choice(req: falcon.Request, name: str, choices: tuple[str, ...], default: str | None) -> str | None:
     raw = _raw(req, name)
     if raw is None:

@@ -48,6 +48,16 @@ $$;
 COMMENT ON FUNCTION pm.event_body(pm.outbox) IS
     'pm.event_body(outbox row) -> the body published to subscribers (relay, live stream): pm.outbox_body, and for position_updated also avg_price (= average_entry_price, the name model-service reads) and the operator metadata stop_loss, take_profit, strategy, notes as they are at publication (from pm.position_meta; null when unset). The audit history (pm.position_history) keeps pm.outbox_body, the state as of the change. Read only.';
 
+-- pm.with_size_norm(body, total exposure) -> jsonb
+-- A position_updated body with position_size_norm against the portfolio's total exposure (at publication).
+CREATE OR REPLACE FUNCTION pm.with_size_norm(p_body jsonb, p_total_exposure numeric) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT p_body || jsonb_build_object('position_size_norm',
+                                        pm.dec(round((p_body ->> 'exposure_usdt')::numeric / nullif(p_total_exposure, 0), 8)))
+$$;
+COMMENT ON FUNCTION pm.with_size_norm(jsonb, numeric) IS
+    'pm.with_size_norm(position_updated body, total exposure of the portfolio) -> the body with position_size_norm = exposure_usdt / total exposure, rounded to 8 decimals (null when either is unknown or zero). The relay and the live stream fill it in when they send an event, against the total of that moment. Pure.';
+
 -- pm.outbox_claim(limit) -> rows
 -- The oldest unpublished events, locked SKIP LOCKED, with their bodies (position_size_norm at publish time).
 CREATE OR REPLACE FUNCTION pm.outbox_claim(p_limit integer)
@@ -64,11 +74,7 @@ LANGUAGE sql AS $$
         SELECT nullif(sum(v.exposure_usdt), 0) AS exposure FROM pm.v_positions v WHERE v.exposure_usdt IS NOT NULL
     )
     SELECT c.id, c.event_id, c.event_type, c.trace_id,
-           c.body
-           || CASE WHEN c.event_type = 'position_updated'
-                   THEN jsonb_build_object('position_size_norm',
-                                           pm.dec(round((c.body ->> 'exposure_usdt')::numeric / t.exposure, 8)))
-                   ELSE '{}'::jsonb END
+           CASE WHEN c.event_type = 'position_updated' THEN pm.with_size_norm(c.body, t.exposure) ELSE c.body END
       FROM claimed c CROSS JOIN total t
      ORDER BY c.id
 $$;
@@ -132,8 +138,55 @@ $$;
 COMMENT ON FUNCTION pm.stream_head() IS
     'pm.stream_head() -> the newest outbox id (0 when empty): a live stream without Last-Event-ID starts after it. Read only, cheap (primary key backwards).';
 
--- pm.stream_fetch(after, limit, hold, grace) -> jsonb
--- The next position_updated events after an outbox id, never skipping one a transaction in flight will commit.
+-- pm.stream_kind(outbox row) -> text
+-- The live stream's type of a position change: position_created, position_closed or position_updated.
+CREATE OR REPLACE FUNCTION pm.stream_kind(o pm.outbox) RETURNS text
+LANGUAGE sql STABLE AS $$
+    -- open before and after, from the change before it (rows of old releases keep a payload, not an image)
+    SELECT CASE WHEN NOT coalesce(b.was_open, false) AND a.now_open THEN 'position_created'
+                WHEN b.was_open AND NOT a.now_open THEN 'position_closed'
+                ELSE 'position_updated' END
+      FROM (SELECT coalesce(pm.pos_is_open((o.image).size, (o.image).long_size, (o.image).short_size),
+                            (o.payload ->> 'is_open')::boolean) AS now_open) a
+      LEFT JOIN LATERAL (
+          SELECT coalesce(pm.pos_is_open((p.image).size, (p.image).long_size, (p.image).short_size),
+                          (p.payload ->> 'is_open')::boolean) AS was_open
+            FROM pm.outbox p
+           WHERE p.position_id = o.position_id AND p.id < o.id AND p.event_type = 'position_updated'
+           ORDER BY p.id DESC LIMIT 1) b ON true
+$$;
+COMMENT ON FUNCTION pm.stream_kind(pm.outbox) IS
+    'pm.stream_kind(position_updated outbox row) -> position_created (open after this change, flat or unknown before: the position''s previous change in the outbox, along its (position_id, id) index), position_closed (open before, flat after) or position_updated. A one-way flip is an update. Read only.';
+
+-- pm.stream_price_fields(body) -> jsonb
+-- What a price_update event says of one position: its price and the figures that move with it.
+CREATE OR REPLACE FUNCTION pm.stream_price_fields(p_body jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object('id', p_body -> 'id', 'asset', p_body -> 'asset', 'mode', p_body -> 'mode',
+                              'version', p_body -> 'version', 'current_price', p_body -> 'current_price',
+                              'price_updated_at', p_body -> 'price_updated_at', 'price_is_stale', p_body -> 'price_is_stale',
+                              'unrealized_pnl', p_body -> 'unrealized_pnl', 'unrealized_pnl_pct', p_body -> 'unrealized_pnl_pct',
+                              'exposure_usdt', p_body -> 'exposure_usdt', 'position_size_norm', p_body -> 'position_size_norm')
+$$;
+COMMENT ON FUNCTION pm.stream_price_fields(jsonb) IS
+    'pm.stream_price_fields(position_updated body) -> {id, asset, mode, version, current_price, price_updated_at, price_is_stale, unrealized_pnl, unrealized_pnl_pct, exposure_usdt, position_size_norm}: one position in a price_update event. Pure.';
+
+-- pm.stream_price_event(id, prices, positions, timestamp) -> jsonb
+-- One price_update event of the live stream: a run of consecutive price changes, coalesced.
+CREATE OR REPLACE FUNCTION pm.stream_price_event(p_id bigint, p_prices jsonb, p_positions jsonb, p_timestamp jsonb)
+RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object('id', p_id, 'event', 'price_update', 'data', jsonb_build_object(
+               'event_type', 'price_update', 'prices', p_prices,
+               'positions', (SELECT coalesce(jsonb_agg(x.value ORDER BY x.value ->> 'asset', x.value ->> 'mode'), '[]'::jsonb)
+                               FROM jsonb_each(p_positions) x),
+               'timestamp', p_timestamp))
+$$;
+COMMENT ON FUNCTION pm.stream_price_event(bigint, jsonb, jsonb, jsonb) IS
+    'pm.stream_price_event(id of the newest change in it, {symbol: price}, {position id: pm.stream_price_fields}, timestamp of the newest change) -> {"id", "event": "price_update", "data": {"event_type", "prices", "positions" (by asset, mode), "timestamp"}}. Pure.';
+
+-- pm.stream_fetch(after, limit, hold, grace, assets) -> jsonb
+-- The next live-stream events after an outbox id, typed and filtered, never skipping one a transaction in flight will commit.
 --
 -- Outbox ids come from a sequence, so they are taken in one order and committed in another: id 11
 -- can be visible while id 10 is still being written. A reader that moved past 11 would never see
@@ -143,9 +196,11 @@ COMMENT ON FUNCTION pm.stream_head() IS
 -- oldest running transaction is at or above xmax, those gaps are final (committed rows are now
 -- visible, the rest were rolled back) and reading continues past them. A hold older than
 -- p_grace_seconds is given up (a session idle in a transaction must not stall every stream).
--- Non-position outbox rows move the cursor but are not returned.
+-- Non-position outbox rows, and rows of other assets, move the cursor but are not returned. Price
+-- changes (action price) that follow each other, other rows aside, become one price_update event
+-- with the id of the newest.
 CREATE OR REPLACE FUNCTION pm.stream_fetch(p_after bigint, p_limit integer DEFAULT 500, p_hold jsonb DEFAULT NULL,
-                                           p_grace_seconds numeric DEFAULT 10)
+                                           p_grace_seconds numeric DEFAULT 10, p_assets text[] DEFAULT NULL)
 RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
@@ -160,7 +215,16 @@ DECLARE
              OR clock_timestamp() - v_hold_since > make_interval(secs => p_grace_seconds::double precision));
     v_events jsonb := '[]'::jsonb;
     v_newest bigint;
-    r record;
+    v_total numeric;
+    v_total_known boolean := false;
+    v_body jsonb;
+    v_kind text;
+    -- the price run being coalesced
+    v_run_id bigint;
+    v_run_prices jsonb := '{}'::jsonb;
+    v_run_positions jsonb := '{}'::jsonb;
+    v_run_time jsonb;
+    o pm.outbox;
 BEGIN
     IF p_after IS NULL OR p_after < 0 THEN
         PERFORM pm.bad_input('last_event_id', format('must be an outbox id >= 0, got %s', coalesce(p_after::text, 'nothing')));
@@ -168,28 +232,77 @@ BEGIN
     IF p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 10000 THEN
         PERFORM pm.bad_input('limit', format('must be between 1 and 10000, got %s', coalesce(p_limit::text, 'nothing')));
     END IF;
-    FOR r IN SELECT o.id, o.event_type, CASE WHEN o.event_type = 'position_updated' THEN pm.event_body(o) END AS payload
-               FROM pm.outbox o WHERE o.id > p_after ORDER BY o.id LIMIT p_limit LOOP
-        IF r.id > v_cursor + 1 AND NOT (v_resolved AND r.id <= v_hold_id) THEN
+    FOR o IN SELECT * FROM pm.outbox x WHERE x.id > p_after ORDER BY x.id LIMIT p_limit LOOP
+        IF o.id > v_cursor + 1 AND NOT (v_resolved AND o.id <= v_hold_id) THEN
             IF v_hold_id IS NULL OR v_resolved THEN
                 -- a new gap: hold at the newest visible id, then take the snapshot
-                SELECT max(o.id) INTO v_newest FROM pm.outbox o;
+                SELECT max(x.id) INTO v_newest FROM pm.outbox x;
                 v_hold_id := v_newest;
                 v_hold_xmax := pg_snapshot_xmax(pg_current_snapshot());
                 v_hold_since := clock_timestamp();
             END IF;
+            IF v_run_id IS NOT NULL THEN
+                v_events := v_events || pm.stream_price_event(v_run_id, v_run_prices, v_run_positions, v_run_time);
+            END IF;
             RETURN jsonb_build_object('events', v_events, 'cursor', v_cursor,
                 'hold', jsonb_build_object('id', v_hold_id, 'xmax', v_hold_xmax::text, 'since', v_hold_since));
         END IF;
-        v_cursor := r.id;
-        IF r.event_type = 'position_updated' THEN
-            v_events := v_events || jsonb_build_object('id', r.id, 'payload', r.payload);
+        v_cursor := o.id;
+        CONTINUE WHEN o.event_type <> 'position_updated' OR NOT (p_assets IS NULL OR o.asset = ANY (p_assets));
+        IF NOT v_total_known THEN   -- once per call, and only when there is an event to send
+            SELECT nullif(sum(v.exposure_usdt), 0) INTO v_total FROM pm.v_positions v WHERE v.exposure_usdt IS NOT NULL;
+            v_total_known := true;
         END IF;
+        v_body := pm.with_size_norm(pm.event_body(o), v_total);
+        IF o.action = 'price' THEN
+            v_run_id := o.id;
+            v_run_prices := v_run_prices || jsonb_build_object(o.asset, v_body -> 'current_price');
+            v_run_positions := v_run_positions || jsonb_build_object(o.position_id::text, pm.stream_price_fields(v_body));
+            v_run_time := v_body -> 'timestamp';
+            CONTINUE;
+        END IF;
+        IF v_run_id IS NOT NULL THEN
+            v_events := v_events || pm.stream_price_event(v_run_id, v_run_prices, v_run_positions, v_run_time);
+            v_run_id := NULL; v_run_prices := '{}'::jsonb; v_run_positions := '{}'::jsonb;
+        END IF;
+        v_kind := pm.stream_kind(o);
+        v_events := v_events || jsonb_build_object('id', o.id, 'event', v_kind,
+                                                   'data', v_body || jsonb_build_object('event_type', v_kind));
     END LOOP;
+    IF v_run_id IS NOT NULL THEN
+        v_events := v_events || pm.stream_price_event(v_run_id, v_run_prices, v_run_positions, v_run_time);
+    END IF;
     RETURN jsonb_build_object('events', v_events, 'cursor', v_cursor,
         'hold', CASE WHEN v_hold_id IS NOT NULL AND NOT v_resolved AND v_cursor < v_hold_id
                      THEN jsonb_build_object('id', v_hold_id, 'xmax', v_hold_xmax::text, 'since', v_hold_since) END);
 END
 $$;
-COMMENT ON FUNCTION pm.stream_fetch(bigint, integer, jsonb, numeric) IS
-    'pm.stream_fetch(after outbox id, limit 1..10000, hold or NULL, grace seconds) -> {"events": [{"id", "payload"}], "cursor", "hold"}: position_updated rows with id > after in id order, stopping at a gap that a transaction in flight may still fill; pass cursor and hold back on the next call (poll soon while hold is not null). A gap is final once every transaction running when it was seen has ended, or after grace seconds. Read only, no locks. Errors: 22023 for a negative after or a bad limit.';
+COMMENT ON FUNCTION pm.stream_fetch(bigint, integer, jsonb, numeric, text[]) IS
+    'pm.stream_fetch(after outbox id, limit 1..10000, hold or NULL, grace seconds, assets or NULL) -> {"events": [{"id", "event", "data"}], "cursor", "hold"}: the position changes with id > after in id order, of the given symbols (NULL: all), stopping at a gap that a transaction in flight may still fill; pass cursor and hold back on the next call (poll soon while hold is not null). A gap is final once every transaction running when it was seen has ended, or after grace seconds. event: position_created, position_updated or position_closed (pm.stream_kind), data the published body (pm.event_body, position_size_norm against the total exposure of this call) with that event_type; consecutive price changes (action price) as one price_update (pm.stream_price_event: the newest price per symbol and figures per position, the id of the newest change). Read only, no locks. Errors: 22023 for a negative after or a bad limit.';
+
+-- pm.stream_start(assets, grace) -> jsonb
+-- Where a live stream without Last-Event-ID starts, and the open positions as of then (its initial_data).
+CREATE OR REPLACE FUNCTION pm.stream_start(p_assets text[] DEFAULT NULL, p_grace_seconds numeric DEFAULT 2)
+RETURNS jsonb
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_head bigint := pm.stream_head();
+    -- every outbox id up to the head was taken before this point, by a transaction that has
+    -- finished or is running now (its xid below this xmax)
+    v_xmax xid8 := pg_snapshot_xmax(pg_current_snapshot());
+    v_deadline timestamptz := clock_timestamp() + make_interval(secs => p_grace_seconds::double precision);
+    v_positions jsonb;
+BEGIN
+    -- wait until those have ended, so that the positions read below include every change up to the
+    -- head; the stream goes on after the head (a change may then come twice: compare versions)
+    WHILE pg_snapshot_xmin(pg_current_snapshot()) < v_xmax AND clock_timestamp() < v_deadline LOOP
+        PERFORM pg_sleep(0.005);
+    END LOOP;
+    SELECT coalesce(jsonb_agg(pm.position_json(v) ORDER BY v.asset, v.mode), '[]'::jsonb) INTO v_positions
+      FROM pm.v_positions v
+     WHERE v.is_open AND (p_assets IS NULL OR v.asset = ANY (p_assets));
+    RETURN jsonb_build_object('cursor', v_head, 'positions', v_positions);
+END
+$$;
+COMMENT ON FUNCTION pm.stream_start(text[], numeric) IS
+    'pm.stream_start(assets or NULL, grace seconds) -> {"cursor": the newest outbox id, "positions": [open Positions of those symbols, by asset and mode, position_size_norm filled]}. Waits (at most grace seconds) until every transaction that was running when the cursor was read has ended, then reads the positions: they hold every change up to the cursor, and the stream continues after it (a change after the cursor may already show in them). Read only.';

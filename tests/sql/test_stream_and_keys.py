@@ -1,5 +1,6 @@
-"""SQL of the live stream's reads (0042: pm.stream_fetch never skips an event still in flight)
-and of the scoped API keys (0043)."""
+"""SQL of the live stream's reads (pm.stream_fetch never skips an event still in flight; its
+typed events, coalesced prices and asset filter: tests/sql/test_stream_events.py) and of the
+scoped API keys."""
 from __future__ import annotations
 
 import hashlib
@@ -13,7 +14,7 @@ from tests.sql.calls import call, fill, sqlstate_of
 
 def fetch(db, after, hold=None, limit=500, grace=10):
     (result,) = db.execute(q("extras_stream_fetch"), {"after": after, "limit": limit, "hold": json.dumps(hold) if hold else None,
-                                                       "grace": grace}).fetchone()
+                                                       "grace": grace, "assets": None}).fetchone()
     return result
 
 
@@ -29,7 +30,7 @@ def fetch_until_settled(db, after, hold, deadline_seconds=30):
 
 
 def versions(result):
-    return [(e["payload"]["asset"], e["payload"]["version"]) for e in result["events"]]
+    return [(e["data"]["asset"], e["data"]["version"]) for e in result["events"]]
 
 
 def test_fetch_returns_position_events_in_id_order_and_skips_other_rows(db):
@@ -84,8 +85,8 @@ def test_a_hold_is_given_up_after_the_grace_period(db, connect):
 
 
 def test_fetch_rejects_bad_arguments(db):
-    assert sqlstate_of(db, "extras_stream_fetch", after=-1, limit=1, hold=None, grace=1)[0] == "22023"
-    assert sqlstate_of(db, "extras_stream_fetch", after=0, limit=0, hold=None, grace=1)[0] == "22023"
+    assert sqlstate_of(db, "extras_stream_fetch", after=-1, limit=1, hold=None, grace=1, assets=None)[0] == "22023"
+    assert sqlstate_of(db, "extras_stream_fetch", after=0, limit=0, hold=None, grace=1, assets=None)[0] == "22023"
 
 
 # ------------------------------------------------------------------ API keys

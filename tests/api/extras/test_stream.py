@@ -13,7 +13,7 @@ import time
 import requests
 
 from tests.api.conftest import API_KEY, ROOT, server_environ
-from tests.sql.calls import fill
+from tests.sql.calls import fill, push_prices
 
 
 class SseClient:
@@ -60,9 +60,13 @@ class SseClient:
         self.response.close()
 
 
+POSITION_EVENTS = ("position_created", "position_updated", "position_closed")
+
+
 def position_event(item: dict) -> dict:
-    assert item["event"] == "position_updated"
+    assert item["event"] in POSITION_EVENTS, item
     data = json.loads(item["data"])
+    assert data["event_type"] == item["event"]
     return {"id": int(item["id"]), "asset": data["asset"], "version": data["version"], "trace_id": data["trace_id"]}
 
 
@@ -78,7 +82,8 @@ def test_stream_over_gunicorn(start_server, settings, db):
         opened.append(first)
         assert first.response.status_code == 200
         assert first.response.headers["Content-Type"].startswith("text/event-stream")
-        first.next("comment")                      # the preamble: LISTEN is in place
+        initial = first.next("event")              # no Last-Event-ID: the open positions first
+        assert initial["event"] == "initial_data" and json.loads(initial["data"])["positions"] == []
 
         fill(db, "BTCUSDT", "Buy", "1", "100", trace="t-stream-1")
         event = position_event(first.next("event"))
@@ -88,7 +93,7 @@ def test_stream_over_gunicorn(start_server, settings, db):
         # a second stream; the worker has 3 threads, so 2 streams at most, and one thread stays free
         second = SseClient(url, headers)
         opened.append(second)
-        second.next("comment")
+        assert [p["asset"] for p in json.loads(second.next("event")["data"])["positions"]] == ["BTCUSDT"]
         answered = requests.get(server.url + "/api/v1/positions/BTCUSDT", headers=headers, timeout=5)
         assert answered.status_code == 200 and answered.json()["version"] == 1
         assert requests.get(server.url + "/health", timeout=5).status_code == 200
@@ -164,7 +169,7 @@ def _sse_events(text: str) -> list[dict]:
     events = []
     for block in text.split("\n\n"):
         fields = dict(line.split(": ", 1) for line in block.splitlines() if line and not line.startswith(":") and ": " in line)
-        if "data" in fields:
+        if "data" in fields and fields["event"] != "initial_data":
             events.append(position_event(fields))
     return events
 
@@ -214,7 +219,7 @@ def test_a_stream_ends_when_the_database_goes_away_and_resumes_when_it_is_back(s
     url, headers = server.url + "/api/v1/stream", {"X-API-Key": API_KEY}
     stream = SseClient(url, headers)
     try:
-        stream.next("comment")
+        assert stream.next("event")["event"] == "initial_data"
         fill(db, "BTCUSDT", "Buy", "1", "100")
         seen = position_event(stream.next("event"))
         pg_proxy.stop()
@@ -236,3 +241,80 @@ def test_a_stream_ends_when_the_database_goes_away_and_resumes_when_it_is_back(s
         assert "Traceback" not in server.log()
     finally:
         stream.close()
+
+
+def test_initial_data_typed_events_coalesced_prices_and_the_asset_filter_over_gunicorn(start_server, settings, db):
+    fill(db, "BTCUSDT", "Buy", "1", "100")
+    fill(db, "ETHUSDT", "Sell", "2", "50")
+    fill(db, "SOLUSDT", "Buy", "1", "10")
+    fill(db, "ADAUSDT", "Buy", "1", "1")
+    server = start_server(server_environ(settings, POSITION_MANAGER_API_WORKERS="1", POSITION_MANAGER_API_THREADS="3",
+                                         POSITION_MANAGER_STREAM_HEARTBEAT="1", POSITION_MANAGER_STREAM_MAX_SECONDS="60"))
+    http = requests.Session()
+    http.headers["X-API-Key"] = API_KEY
+    assert http.post(server.url + "/api/v1/positions/ADAUSDT/close", params={"exit_price": "1"}, timeout=5).ok
+    assert http.post(server.url + "/api/v1/prices", json={"BTCUSDT": "100", "ETHUSDT": "50", "SOLUSDT": "10"},
+                     timeout=5).ok
+    assert http.get(server.url + "/api/v1/stream", params={"asset": "BTCUSDT,1000"}, timeout=5).status_code == 400
+
+    stream = SseClient(server.url + "/api/v1/stream?asset=btcusdt,ETHUSDT", {"X-API-Key": API_KEY})
+    try:
+        initial = stream.next("event")
+        data = json.loads(initial["data"])
+        assert initial["event"] == "initial_data" and data["count"] == 2
+        # exposures 100 and 100 of 210 (SOLUSDT 10; ADAUSDT flat)
+        assert [(p["asset"], p["size"], p["position_size_norm"]) for p in data["positions"]] == \
+            [("BTCUSDT", "1", "0.47619048"), ("ETHUSDT", "-2", "0.47619048")]
+
+        # one price push of three symbols: one price_update, with the two symbols of the filter
+        assert http.post(server.url + "/api/v1/prices", json={"BTCUSDT": "110", "ETHUSDT": "45", "SOLUSDT": "11"},
+                         timeout=5).ok
+        prices = stream.next("event")
+        assert prices["event"] == "price_update" and int(prices["id"]) > int(initial["id"])
+        body = json.loads(prices["data"])
+        assert body["prices"] == {"BTCUSDT": "110", "ETHUSDT": "45"}
+        assert [(p["asset"], p["unrealized_pnl"]) for p in body["positions"]] == [("BTCUSDT", "10"), ("ETHUSDT", "10")]
+
+        # a change of another symbol is not sent; the next one of the filter is, typed
+        fill(db, "SOLUSDT", "Buy", "1", "11")
+        assert http.post(server.url + "/api/v1/positions/ETHUSDT/close", timeout=5).ok
+        closed = stream.next("event")
+        assert closed["event"] == "position_closed" and json.loads(closed["data"])["asset"] == "ETHUSDT"
+        fill(db, "BTCUSDT", "Buy", "1", "110")
+        updated = stream.next("event")
+        data = json.loads(updated["data"])
+        assert (updated["event"], data["asset"], data["version"]) == ("position_updated", "BTCUSDT", 4)
+        assert data["position_size_norm"] == "0.90909091"           # 220 of 242 (SOLUSDT 2 x 11, ETHUSDT flat)
+        created = http.post(server.url + "/api/v1/positions", json={"asset": "ETHUSDT", "side": "long", "quantity": "1",
+                                                                     "entry_price": "45"}, timeout=5)
+        assert created.status_code == 201
+        event = stream.next("event")
+        assert event["event"] == "position_created" and json.loads(event["data"])["id"] == created.json()["id"]
+    finally:
+        stream.close()
+
+
+def test_price_changes_read_apart_are_still_sent_as_one(client, db, api_settings, make_client, monkeypatch):
+    """One row per read (FETCH_LIMIT 1), so the stream itself folds the price_update of each read into
+    the one it holds back; a position change sends it first, the end of the stream sends the last."""
+    from app.api.extras import stream as stream_module
+    monkeypatch.setattr(stream_module, "FETCH_LIMIT", 1)
+    monkeypatch.setattr(stream_module, "PRICE_COALESCE_SECONDS", 3600)
+    fill(db, "BTCUSDT", "Buy", "1", "100")
+    fill(db, "ETHUSDT", "Buy", "1", "100")
+    (head,) = db.execute("SELECT pm.stream_head()").fetchone()
+    push_prices(db, {"BTCUSDT": "101", "ETHUSDT": "99"})
+    push_prices(db, {"BTCUSDT": "102"})
+    fill(db, "ETHUSDT", "Buy", "1", "99")
+    push_prices(db, {"ETHUSDT": "98"})
+    quick = make_client(api_settings.with_overrides(stream_max_seconds=1))
+    text = quick.simulate_get("/api/v1/stream", params={"last_event_id": str(head)}).text
+    blocks = [dict(line.split(": ", 1) for line in block.splitlines() if ": " in line and not line.startswith(":"))
+              for block in text.split("\n\n")]
+    events = [(b["event"], json.loads(b["data"]), int(b["id"])) for b in blocks if "data" in b]
+    assert [e[0] for e in events] == ["price_update", "position_updated", "price_update"]
+    assert events[0][1]["prices"] == {"BTCUSDT": "102", "ETHUSDT": "99"}
+    assert [(p["asset"], p["current_price"]) for p in events[0][1]["positions"]] == [("BTCUSDT", "102"), ("ETHUSDT", "99")]
+    assert events[2][1]["prices"] == {"ETHUSDT": "98"}
+    assert [e[2] for e in events] == sorted(e[2] for e in events) and events[2][2] == db.execute(
+        "SELECT pm.stream_head()").fetchone()[0]
