@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+from app.db import q
+
 from tests.sql.helpers import exec_a, hedge_a, apply_order, messages
 
 
@@ -47,10 +49,12 @@ def test_metadata_as_at_publication_and_nulls_without_any(db):
 def test_the_live_stream_carries_the_same_body(db):
     apply_order(db, exec_a("e1", "Buy", "2", "50"))
     patch(db, "BTCUSDT", {"take_profit": "70", "notes": "watch"})
-    fetched = db.execute("SELECT pm.stream_fetch(0, 100, NULL, 10)").fetchone()[0]["events"]
+    (fetched,) = db.execute(q("extras_stream_fetch"), {"after": 0, "limit": 100, "hold": None, "grace": 3600,
+                                                        "assets": None}).fetchone()
+    streamed = [e["data"] for e in fetched["events"]]
     claimed = [m["payload"] for m in messages(db)]
-    assert [e["payload"]["event_id"] for e in fetched] == [c["event_id"] for c in claimed]
-    for streamed, published in zip((e["payload"] for e in fetched), claimed):
-        assert streamed == {k: v for k, v in published.items() if k != "position_size_norm"} | {
-            "position_size_norm": streamed["position_size_norm"]}
-        assert (streamed["avg_price"], streamed["take_profit"], streamed["notes"]) == ("50", "70", "watch")
+    assert [s["event_id"] for s in streamed] == [c["event_id"] for c in claimed]
+    for one, published in zip(streamed, claimed):
+        assert {k: v for k, v in one.items() if k != "event_type"} == {
+            k: v for k, v in published.items() if k != "event_type"}
+        assert (one["avg_price"], one["take_profit"], one["notes"]) == ("50", "70", "watch")
