@@ -206,6 +206,11 @@ BEGIN
             CONTINUE;
         END IF;
         FOR pos IN SELECT * FROM public.positions WHERE asset = k ORDER BY mode FOR NO KEY UPDATE LOOP
+            -- the unrealized PnL at this price goes into DECIMAL(20,8): say so rather than overflow
+            IF abs(pm.unrealized(pm.state_of(pos), pos.mode, price, 0)) >= 1e12 THEN
+                PERFORM pm.bad_input(k, format('at %s the unrealized PnL of %s/%s would be beyond 10^12', pm.dec(price),
+                                               pos.asset, pos.mode));
+            END IF;
             IF pos.current_price = price THEN
                 UPDATE public.positions SET price_updated_at = pm.now_utc() WHERE id = pos.id;
                 unchanged := unchanged + 1;
@@ -221,7 +226,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.set_prices(jsonb, text, text, text) IS
-    'pm.set_prices({"SYMBOL": "price"}, source, trace, actor) -> {"updated", "unchanged", "unknown": [symbols without a position]}: sets current_price of every position of each symbol, recomputes unrealized PnL, bumps version, audits and emits position_updated; an unchanged price only refreshes price_updated_at. Validates all prices first (22023 naming the symbol; nothing written). Locks the rows in (asset, mode) order.';
+    'pm.set_prices({"SYMBOL": "price"}, source, trace, actor) -> {"updated", "unchanged", "unknown": [symbols without a position]}: sets current_price of every position of each symbol, recomputes unrealized PnL, bumps version, audits and emits position_updated; an unchanged price only refreshes price_updated_at. Validates all prices first (22023 naming the symbol; nothing written); 22023 naming the symbol too when the unrealized PnL of one of its positions at that price would not fit DECIMAL(20,8) (10^12). Locks the rows in (asset, mode) order.';
 
 -- pm.stale_price_assets() -> SETOF text
 -- Symbols of open positions whose price is missing or stale.

@@ -289,6 +289,11 @@ BEGIN
             pos.asset, pos.mode, pm.pos_side(pos.mode, pos.size, pos.long_size, pos.short_size), pm.dec(pos.size)
             USING ERRCODE = '55000';
     END IF;
+    -- unrealized PnL at the symbol's known price goes into DECIMAL(20,8): say so rather than overflow
+    IF abs(v_qty * (coalesce(pos.current_price, v_price) - v_price)) >= 1e12 THEN
+        PERFORM pm.bad_input('quantity', format('%s at %s would have an unrealized PnL beyond 10^12 at the current price %s',
+                                                v_qty, v_price, pm.dec(pos.current_price)));
+    END IF;
     -- after every row already in the ledger (as the manual close), so it opens the position as it stands
     v_at := greatest(now(), (SELECT max(x.exec_time) FROM pm.executions x WHERE x.position_id = pos.id)
                             + interval '1 microsecond');

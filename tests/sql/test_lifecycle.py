@@ -368,3 +368,26 @@ def test_summary_counts_and_totals_match_the_portfolio(db):
     assert D(stats["total_realized_pnl"]) == Decimal(-1 + 5) == D(body["total_realized_pnl_usdt"])
     row = db.execute("SELECT total_positions, closed_positions, total_market_value FROM pm.v_trade_statistics").fetchone()
     assert row == (3, 1, Decimal(260))
+
+
+def test_open_refuses_a_size_whose_pnl_at_the_known_price_could_not_be_stored(db):
+    fill(db, "BTCUSDT", "Buy", "1", "100")
+    close(db, price="100")
+    push_prices(db, {"BTCUSDT": "900000000"})
+    before = counts(db)
+    state, message = sqlstate_of(db, "extras_open_position", body=json.dumps(
+        {"asset": "BTCUSDT", "side": "long", "quantity": "500000", "entry_price": "1"}), trace=None, actor=None)
+    assert state == "22023" and "invalid field quantity" in message and "10^12" in message
+    assert counts(db) == before
+
+
+def test_a_price_whose_pnl_could_not_be_stored_is_22023_naming_the_symbol(db):
+    fill(db, "BTCUSDT", "Buy", "13300", "93356899.96")
+    before = counts(db)
+    for query, args in [("extras_update_position_meta", dict(asset="BTCUSDT", mode="one-way",
+                                                             patch='{"current_price": "999999999"}', expected_version=None,
+                                                             trace=None, actor=None)),
+                        ("extras_set_prices", dict(prices='{"BTCUSDT": "999999999"}', trace=None, actor=None))]:
+        state, message = sqlstate_of(db, query, **args)
+        assert state == "22023" and "invalid field BTCUSDT" in message and "10^12" in message, message
+    assert counts(db) == before
