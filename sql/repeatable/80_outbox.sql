@@ -287,15 +287,21 @@ RETURNS jsonb
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     v_head bigint := pm.stream_head();
-    -- every outbox id up to the head was taken before this point, by a transaction that has
-    -- finished or is running now (its xid below this xmax)
-    v_xmax xid8 := pg_snapshot_xmax(pg_current_snapshot());
+    -- a transaction that holds an outbox id up to the head and has not ended inserted into
+    -- pm.outbox, so it holds ROW EXCLUSIVE on it (taken before the id): these writers, read after
+    -- the head, are all such transactions that can still commit
+    v_writers text[] := ARRAY(SELECT DISTINCT l.virtualtransaction FROM pg_locks l
+                               WHERE l.locktype = 'relation' AND l.relation = 'pm.outbox'::regclass
+                                 AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                                 AND l.mode = 'RowExclusiveLock' AND l.pid <> pg_backend_pid());
     v_deadline timestamptz := clock_timestamp() + make_interval(secs => p_grace_seconds::double precision);
     v_positions jsonb;
 BEGIN
-    -- wait until those have ended, so that the positions read below include every change up to the
+    -- wait until they have ended, so that the positions read below include every change up to the
     -- head; the stream goes on after the head (a change may then come twice: compare versions)
-    WHILE pg_snapshot_xmin(pg_current_snapshot()) < v_xmax AND clock_timestamp() < v_deadline LOOP
+    WHILE cardinality(v_writers) > 0 AND clock_timestamp() < v_deadline
+          AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.virtualtransaction = ANY (v_writers)
+                                                 AND l.locktype = 'relation' AND l.relation = 'pm.outbox'::regclass) LOOP
         PERFORM pg_sleep(0.005);
     END LOOP;
     SELECT coalesce(jsonb_agg(pm.position_json(v) ORDER BY v.asset, v.mode), '[]'::jsonb) INTO v_positions
@@ -305,4 +311,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.stream_start(text[], numeric) IS
-    'pm.stream_start(assets or NULL, grace seconds) -> {"cursor": the newest outbox id, "positions": [open Positions of those symbols, by asset and mode, position_size_norm filled]}. Waits (at most grace seconds) until every transaction that was running when the cursor was read has ended, then reads the positions: they hold every change up to the cursor, and the stream continues after it (a change after the cursor may already show in them). Read only.';
+    'pm.stream_start(assets or NULL, grace seconds) -> {"cursor": the newest outbox id, "positions": [open Positions of those symbols, by asset and mode, position_size_norm filled]}. Waits (at most grace seconds) until the transactions that were writing pm.outbox when the cursor was read (ROW EXCLUSIVE on it, pg_locks) have ended, then reads the positions: they hold every change up to the cursor, and the stream continues after it (a change after the cursor may already show in them). Waits for nothing else (not for other tables'' or databases'' transactions). Read only.';
