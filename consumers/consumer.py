@@ -26,6 +26,9 @@ process and is retried with backoff; after
 POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS attempts it is dead-lettered. The attempt counter is kept
 in memory, keyed by message_id (or the body's SHA-1), so it survives broker redeliveries within
 one process but not a restart of the process (see README).
+
+The position consumer also keeps ws-gateway forwarding Bybit's position topic when WS_GATEWAY_HOST
+is set (consumers/ws_gateway.py, a thread of its own that never touches the broker connection).
 """
 from __future__ import annotations
 
