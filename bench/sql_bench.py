@@ -10,7 +10,10 @@ Measured in one run, on databases migrated from sql/:
     batch);
   * the same against a second database whose ledger holds --ledger-rows executions more, to show
     that the cost of a fill does not grow with history. The two databases take turns, run by run,
-    so that a slow spell of the machine hits both alike.
+    so that a slow spell of the machine hits both alike;
+  * --ties executions of ONE position that share one execution time (random execution ids, one
+    call each, commit every 100), beside the same executions with distinct times (1 ms apart) on
+    another position of the same database, measured in turns (which goes first alternates).
 Every figure is the median of --repeat runs.
 
     bench/run sql                                                         # full run (about 8 minutes)
@@ -29,6 +32,7 @@ import statistics
 import subprocess
 import sys
 import time
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -64,6 +68,25 @@ def executions(n: int, start: datetime, prefix: str, seed: int = 7):
             "execution_fees": str((qty * prices[asset] * Decimal("0.00055")).quantize(Decimal("0.00000001"))),
             "executed_at": (start + timedelta(milliseconds=i)).isoformat(),
         })
+
+
+def one_position_executions(n: int, start: datetime, asset: str, seed: int, same_time: bool) -> list[str]:
+    """n executions (shape A) of one position, random execution ids (like Bybit's UUIDs), both
+    sides; all at `start` when same_time, else 1 ms apart."""
+    rnd = random.Random(seed)
+    price, out = Decimal(30000), []
+    for i in range(n):
+        price = (price * Decimal(1 + rnd.uniform(-0.001, 0.001))).quantize(Decimal("0.01"))
+        qty = Decimal(rnd.randint(1, 500)) / 1000
+        key = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+        out.append(json.dumps({
+            "event_id": key, "event_type": "order_executed", "execution_id": key, "order_id": f"{asset}-o{i // 3}",
+            "asset": asset, "side": rnd.choice(("Buy", "Sell")), "execution_quantity": str(qty),
+            "execution_price": str(price),
+            "execution_fees": str((qty * price * Decimal("0.00055")).quantize(Decimal("0.00000001"))),
+            "executed_at": (start if same_time else start + timedelta(milliseconds=i)).isoformat(),
+        }))
+    return out
 
 
 def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) -> float:
@@ -117,6 +140,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--n", type=int, default=20000, help="executions per measurement (default 20000; k = 1: n/10)")
     ap.add_argument("--ledger-rows", type=int, default=1_000_000)
     ap.add_argument("--pgbench-seconds", type=int, default=15)
+    ap.add_argument("--ties", type=int, default=2000,
+                    help="executions of one position sharing one time (and, as reference, with distinct times)")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs of each measurement (and of pgbench); the median is reported (default 3)")
     common.add_json_option(ap, "sql")
@@ -153,6 +178,12 @@ def main(argv=None) -> int:
                     print(f"#{rep + 1} {phase}: {key}, {n} executions ...", file=sys.stderr)
                     runs_of.setdefault(f"{phase}_{key}", []).append(apply_rate(conn, evs, k, how))
                 t += timedelta(days=1)
+            # equal times beside distinct ones, one position each, on the empty database
+            for key, same_time in sorted((("ties_distinct", False), ("ties_equal", True)), reverse=rep % 2 == 1):
+                evs = one_position_executions(args.ties, t, f"T{rep}{key[5:].upper()}USDT", 11 + rep, same_time)
+                print(f"#{rep + 1} empty: {key}, {args.ties} executions of one position ...", file=sys.stderr)
+                runs_of.setdefault(key, []).append(apply_rate(conns["empty"], evs, 100, "plain"))
+            t += timedelta(days=1)
         ledger_rows = conns["grown"].execute(q("ledger_rows")).fetchone()[0]
     finally:
         for conn in conns.values():
@@ -166,6 +197,12 @@ def main(argv=None) -> int:
     figures = [figure("pgbench", "pgbench -b simple-update, 1 client (the reference)", pgbench, "transactions/s")]
     for key, label, _, _ in RUNS:
         figures.append(figure(f"empty_{key}", label, median[f"empty_{key}"], "executions/s", reference=ref))
+    distinct = reference(f"the same {args.ties:,} executions with distinct times (1 ms apart), one position, "
+                         "commit every 100", median["ties_distinct"], "executions/s")
+    figures.append(figure("ties_distinct", f"{args.ties:,} executions of one position, distinct times, one call each, "
+                          "commit every 100", median["ties_distinct"], "executions/s"))
+    figures.append(figure("ties_equal", f"{args.ties:,} executions of one position sharing ONE time, one call each, "
+                          "commit every 100", median["ties_equal"], "executions/s", reference=distinct))
     for key, label, _, _ in RUNS:
         figures.append(figure(f"grown_{key}", f"{label}, {ledger_rows:,} ledger rows", median[f"grown_{key}"],
                               "executions/s", reference=reference(f"{label}, empty ledger",

@@ -1,5 +1,5 @@
 -- The fill ledger and its fold: a position's accounting state, the accounting step (one ledger row
--- applied to a state), inserting a row in execution order (re-folding only the rows after a late
+-- applied to a state), inserting a row in the ledger's order (re-folding only the rows after a late
 -- one), and folding a whole ledger.
 -- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
 
@@ -176,7 +176,9 @@ COMMENT ON FUNCTION pm.with_state(public.positions, pm.pos_state) IS
     'pm.with_state(positions row, state) -> the same row (in memory) carrying the state''s size, averages, realized PnL and holding times. Pure; writes nothing.';
 
 -- pm.ledger_insert(locked position, ledger row) -> pm.pos_state
--- Inserts a row in execution order, once per key; a late row re-folds only the rows after it.
+-- Inserts a row in the ledger's order, once per key; a late row re-folds only the rows after it.
+-- The order: execution time, then exchange sequence, then arrival (rows sharing a time and a
+-- sequence stay in the order they were applied, so such a row is never late).
 CREATE OR REPLACE FUNCTION pm.ledger_insert(p_pos public.positions, e pm.executions) RETURNS pm.pos_state
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -195,7 +197,7 @@ BEGIN
       INTO l_time, l_seq, l_key, v_dup
       FROM (VALUES (1)) one
       LEFT JOIN LATERAL (SELECT x.exec_time, x.seq, x.exec_key FROM pm.executions x WHERE x.position_id = p_pos.id
-                          ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1) n ON true;
+                          ORDER BY x.exec_time DESC, x.seq DESC, x.arrival DESC, x.exec_key DESC LIMIT 1) n ON true;
     IF v_dup THEN
         RETURN NULL;
     END IF;
@@ -210,16 +212,17 @@ BEGIN
         END IF;
     END IF;
 
-    v_late := l_key IS NOT NULL AND (e.exec_time, e.seq, e.exec_key) < (l_time, l_seq, l_key);
+    -- late: older than the newest row by time or sequence; a row of the newest one's time and
+    -- sequence goes after it (arrival order) and is not late
+    v_late := l_key IS NOT NULL AND (e.exec_time, e.seq) < (l_time, l_seq);
     IF NOT v_late THEN
         -- in order: the stored position is the state before this row
         st := pm.step(pm.state_of(p_pos), p_pos.mode, e, v_label);
     ELSE
-        -- late: start from the state after the row just before it
+        -- late: start from the state after the last row at or before its time and sequence
         st := pm.step(coalesce((SELECT x.state_after FROM pm.executions x
-                                 WHERE x.position_id = p_pos.id
-                                   AND (x.exec_time, x.seq, x.exec_key) < (e.exec_time, e.seq, e.exec_key)
-                                 ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC LIMIT 1),
+                                 WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq) <= (e.exec_time, e.seq)
+                                 ORDER BY x.exec_time DESC, x.seq DESC, x.arrival DESC, x.exec_key DESC LIMIT 1),
                                 pm.zero_state(p_pos.mode)),
                       p_pos.mode, e, v_label);
     END IF;
@@ -234,10 +237,10 @@ BEGIN
         RETURN NULL;
     END IF;
     IF v_late THEN
-        -- re-fold every row after it
+        -- re-fold every row after its time and sequence
         FOR r IN SELECT * FROM pm.executions x
-                  WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq, x.exec_key) > (e.exec_time, e.seq, e.exec_key)
-                  ORDER BY x.exec_time, x.seq, x.exec_key
+                  WHERE x.position_id = p_pos.id AND (x.exec_time, x.seq) > (e.exec_time, e.seq)
+                  ORDER BY x.exec_time, x.seq, x.arrival, x.exec_key
         LOOP
             st := pm.step(st, p_pos.mode, r, v_label);
             UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;
@@ -247,7 +250,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.ledger_insert(public.positions, pm.executions) IS
-    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Appends the row in (exec_time, seq, exec_key) order; a row older than the newest re-folds only the rows after it, so the result depends on the set of rows, not on delivery order. A position with state but no ledger gets an opening balance first. Returns NULL, and adds no row for it, when exec_key is in the ledger already (checked first; a concurrent delivery of the same key for another position is caught by the insert): the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
+    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Places the row in the ledger''s order: execution time, then exchange sequence, then arrival (rows sharing a time and a sequence keep the order in which they were applied; the new row goes after them). A row older than the newest by time or sequence re-folds only the rows after it, so executions of distinct (time, sequence) give a state that depends on their set, not on delivery order; a row of the newest row''s time and sequence re-folds nothing. A position with state but no ledger gets an opening balance first. Returns NULL, and adds no row for it, when exec_key is in the ledger already (checked first; a concurrent delivery of the same key for another position is caught by the insert): the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
 
 -- pm.fold_ledger(position id) -> pm.pos_state
 -- A position's whole ledger folded from scratch (ignores the stored state_after). Read only.
@@ -263,7 +266,7 @@ BEGIN
         RETURN NULL;
     END IF;
     st := pm.zero_state(p_mode);
-    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_position_id ORDER BY exec_time, seq, exec_key LOOP
+    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_position_id ORDER BY exec_time, seq, arrival, exec_key LOOP
         st := pm.step(st, p_mode, r);
     END LOOP;
     RETURN st;
@@ -280,7 +283,7 @@ DECLARE
     st pm.pos_state := pm.zero_state(p_pos.mode);
     r pm.executions;
 BEGIN
-    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_pos.id ORDER BY exec_time, seq, exec_key LOOP
+    FOR r IN SELECT * FROM pm.executions WHERE position_id = p_pos.id ORDER BY exec_time, seq, arrival, exec_key LOOP
         st := pm.step(st, p_pos.mode, r, p_pos.asset || '/' || p_pos.mode);
         IF r.state_after IS DISTINCT FROM st THEN
             UPDATE pm.executions SET state_after = st WHERE exec_key = r.exec_key;

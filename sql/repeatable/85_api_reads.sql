@@ -162,10 +162,10 @@ BEGIN
         PERFORM pm.bad_input('as_of', 'expected a finite timestamp');
     END IF;
     pos := pm.existing_position(p_asset, p_mode);
-    -- the ledger's own order; the index executions_position_order serves it backwards
+    -- the ledger's own order; the index executions_position_arrival_order serves it backwards
     SELECT * INTO r FROM pm.executions x
      WHERE x.position_id = pos.id AND x.exec_time <= p_as_of
-     ORDER BY x.exec_time DESC, x.seq DESC, x.exec_key DESC
+     ORDER BY x.exec_time DESC, x.seq DESC, x.arrival DESC, x.exec_key DESC
      LIMIT 1;
     -- an opening balance (a position older than its ledger) is known from the row's creation on
     IF r.exec_key IS NULL OR (r.kind = 'opening' AND pos.created_at IS NOT NULL
@@ -196,14 +196,14 @@ COMMENT ON FUNCTION pm.position_as_of(text, text, timestamptz) IS
 -- Every ledger row with the holding it adds to, that PnL, and whether it opens or closes one.
 CREATE OR REPLACE VIEW pm.v_holding_rows AS
 WITH ordered AS (
-    SELECT x.position_id, x.exec_key, x.kind, x.exec_time, x.seq, x.state_after,
+    SELECT x.position_id, x.exec_key, x.kind, x.exec_time, x.seq, x.arrival, x.state_after,
            lag(x.state_after) OVER w AS prev_state,
            -- (a composite IS NOT NULL is true only when every field is: test the key instead)
            lag(x.exec_key) OVER w IS NOT NULL AS has_prev,
            p.mode
       FROM pm.executions x
       JOIN public.positions p ON p.id = x.position_id
-    WINDOW w AS (PARTITION BY x.position_id ORDER BY x.exec_time, x.seq, x.exec_key)
+    WINDOW w AS (PARTITION BY x.position_id ORDER BY x.exec_time, x.seq, x.arrival, x.exec_key)
 ), flagged AS (
     SELECT o.*,
            o.has_prev AND NOT pm.is_flat(o.prev_state) AS was_open,
@@ -214,7 +214,7 @@ WITH ordered AS (
 ), numbered AS (
     SELECT f.*,
            sum(CASE WHEN (NOT f.was_open AND f.now_open) OR f.flipped THEN 1 ELSE 0 END)
-               OVER (PARTITION BY f.position_id ORDER BY f.exec_time, f.seq, f.exec_key) AS opened_count
+               OVER (PARTITION BY f.position_id ORDER BY f.exec_time, f.seq, f.arrival, f.exec_key) AS opened_count
       FROM flagged f
 )
 SELECT n.position_id, n.exec_key, n.kind, n.exec_time,
