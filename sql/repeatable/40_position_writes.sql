@@ -17,6 +17,7 @@ BEGIN
     END IF;
     -- versions continue across a deletion of the same asset and mode (pm.delete_position), so an
     -- ETag or If-Match of the deleted row never matches the new one
+    PERFORM pm.own_writes(true);
     INSERT INTO public.positions (asset, mode, size, realized_pnl, unrealized_pnl, long_size, short_size,
                                   version, created_at, last_updated)
     VALUES (p_asset, p_mode, 0, 0, 0,
@@ -24,12 +25,13 @@ BEGIN
             coalesce((SELECT max(d.version) FROM pm.deleted_positions d WHERE d.asset = p_asset AND d.mode = p_mode), 0),
             pm.now_utc(), pm.now_utc())
     ON CONFLICT (asset, mode) DO NOTHING;
+    PERFORM pm.own_writes(false);
     SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
     RETURN pos;
 END
 $$;
 COMMENT ON FUNCTION pm.lock_position(text, text, boolean) IS
-    'pm.lock_position(asset, mode, create) -> the positions row locked FOR NO KEY UPDATE (concurrent writers queue here, no update is lost; inserts that only reference the row, like snapshots, are not blocked); with create, a missing row is inserted flat first (race-safe), with version 0, or the version at which the same asset and mode was last deleted (pm.deleted_positions), so versions never repeat. Returns an all-NULL row when absent and not created.';
+    'pm.lock_position(asset, mode, create) -> the positions row locked FOR NO KEY UPDATE (concurrent writers queue here, no update is lost; inserts that only reference the row, like snapshots, are not blocked); with create, a missing row is inserted flat first (race-safe; marked as our own write, pm.own_writes), with version 0, or the version at which the same asset and mode was last deleted (pm.deleted_positions), so versions never repeat. Returns an all-NULL row when absent and not created.';
 
 -- pm.existing_position(asset, mode) -> positions row
 -- A position by its identity (asset any case), not locked; P0002 when there is none.
@@ -138,9 +140,12 @@ RETURNS pm.position_image
 LANGUAGE plpgsql AS $$
 DECLARE
     img pm.position_image;
+    mark text;
 BEGIN
     -- one statement: the row update and its audit/outbox row (PL/pgSQL: the plan is prepared once
     -- per session). The outbox keeps the position as an image; pm.outbox_body renders it on read.
+    -- Marked as our own write around it (pm.own_writes; an assignment is cheaper than PERFORM).
+    mark := pm.own_writes(true);
     WITH changed AS (
         UPDATE public.positions p
            SET size = st.size,
@@ -164,11 +169,12 @@ BEGIN
            p_detail, c.i
       FROM changed c
     RETURNING (image).* INTO img;
+    mark := pm.own_writes(false);
     RETURN img;
 END
 $$;
 COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, text, text, text, text, jsonb, numeric, timestamp, numeric) IS
-    'pm.write_state(locked row, state, source, action, trace, actor?, detail?, price?, price time?, unrealized?) -> the position image after the change. Stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated, and appends the audit row / position_updated outbox event (pm.outbox, same statement). source: order_execution|exchange|validation|manual. Every change of a position goes through here. Caller holds the row lock.';
+    'pm.write_state(locked row, state, source, action, trace, actor?, detail?, price?, price time?, unrealized?) -> the position image after the change. Stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated, and appends the audit row / position_updated outbox event (pm.outbox, same statement). source: order_execution|exchange|validation|manual. Every change of a position goes through here (marked as our own write, pm.own_writes). Caller holds the row lock.';
 
 -- pm.record_discrepancy(position, field, stored, expected, source, detected_by, trace, fixed) -> jsonb
 -- Appends a discrepancy to pm.discrepancies and returns it as {field, stored, expected, source}.

@@ -91,8 +91,9 @@ BEGIN
            discrepancy_size = excluded.discrepancy_size, received_at = excluded.received_at;
 
     -- average: adopted from the exchange when configured and it differs by more than the threshold
-    adopt_avg := pm.setting('use_ws_avg_price', 'true')::boolean AND p_avg > 0 AND ours <> 0
-                 AND (our_avg IS NULL OR abs(p_avg - our_avg) / our_avg > thr_avg);
+    -- (coalesce: a report without an average gives NULL here, which must mean "no", not "unknown")
+    adopt_avg := coalesce(pm.setting('use_ws_avg_price', 'true')::boolean AND p_avg > 0 AND ours <> 0
+                          AND (our_avg IS NULL OR abs(p_avg - our_avg) / our_avg > thr_avg), false);
     IF adopt_avg THEN
         e := pm.new_execution('avg_correction', 'exchange', p_leg, NULL, NULL, round(p_avg, 8), 0, p_time, p_seq,
                               'exchange:' || gen_random_uuid(), NULL, 'PositionReport', p_trace, p_event_id);
@@ -108,7 +109,9 @@ BEGIN
         -- nothing changed (Bybit repeats positions on every order create/amend/cancel): keep the
         -- price fresh, do not bump version, no audit, no event
         IF p_mark > 0 THEN
+            PERFORM pm.own_writes(true);
             UPDATE public.positions SET price_updated_at = greatest(price_updated_at, v_at) WHERE id = pos.id;
+            PERFORM pm.own_writes(false);
         END IF;
         RETURN jsonb_build_object('status', 'ignored', 'reason', 'no change')
                || CASE WHEN discrepancy IS NULL THEN '{}'::jsonb ELSE jsonb_build_object('discrepancy', discrepancy) END;
@@ -212,7 +215,9 @@ BEGIN
                                                pos.asset, pos.mode));
             END IF;
             IF pos.current_price = price THEN
+                PERFORM pm.own_writes(true);
                 UPDATE public.positions SET price_updated_at = pm.now_utc() WHERE id = pos.id;
+                PERFORM pm.own_writes(false);
                 unchanged := unchanged + 1;
                 CONTINUE;
             END IF;

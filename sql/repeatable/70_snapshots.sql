@@ -19,7 +19,10 @@ COMMENT ON FUNCTION pm.snapshot_json(public.position_snapshots) IS
 -- pm.snapshot_ids(position ids, trace) -> SETOF jsonb
 -- Snapshots of the given positions in one statement: rows, last_snapshot_at, outbox events.
 CREATE OR REPLACE FUNCTION pm.snapshot_ids(p_ids uuid[], p_trace text) RETURNS SETOF jsonb
-LANGUAGE sql AS $$
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pm.own_writes(true);   -- last_snapshot_at is our own write
+    RETURN QUERY
     WITH targets AS (
         SELECT v.id, v.asset, v.size, v.average_entry_price, v.unrealized_pnl, v.realized_pnl, v.mode,
                v.long_size, v.short_size, pm.position_json(v) AS j
@@ -44,10 +47,12 @@ LANGUAGE sql AS $$
           FROM ins
         RETURNING 1
     )
-    SELECT pm.snapshot_json(ins) FROM ins
+    SELECT pm.snapshot_json(ins) FROM ins;
+    PERFORM pm.own_writes(false);
+END
 $$;
 COMMENT ON FUNCTION pm.snapshot_ids(uuid[], text) IS
-    'pm.snapshot_ids(position ids, trace) -> one Snapshot jsonb per position: inserts the snapshots (snapshot_data = Position), sets last_snapshot_at and enqueues position_snapshot_created events (payload event_id = outbox event_id is added by the relay from the row), all in one statement. Row-locks the positions briefly.';
+    'pm.snapshot_ids(position ids, trace) -> one Snapshot jsonb per position: inserts the snapshots (snapshot_data = Position), sets last_snapshot_at and enqueues position_snapshot_created events (payload event_id = outbox event_id is added by the relay from the row), all in one statement, marked as our own write (pm.own_writes). Row-locks the positions briefly.';
 
 -- pm.snapshot_position(asset, mode, trace) -> jsonb
 -- One snapshot of one position (any state).

@@ -92,9 +92,11 @@ LANGUAGE sql STABLE AS $$
             (SELECT round(extract(epoch FROM now() - min(created_at))::numeric, 3) FROM pm.outbox WHERE published_at IS NULL),
         'dead_letters', (SELECT count(*) FROM pm.dead_letters),
         'discrepancies_24h', (SELECT count(*) FROM pm.discrepancies WHERE detected_at > now() - interval '24 hours'),
+        'foreign_writes_24h', (SELECT count(*) FROM pm.discrepancies
+                                WHERE field = 'foreign_write' AND detected_at > now() - interval '24 hours'),
         'schema', pm.schema_version(),
         'subscriptions', coalesce((SELECT jsonb_object_agg(s.provider || '/' || s.channel, pm.subscription_json(s))
                                      FROM pm.upstream_subscriptions s), '{}'::jsonb))
 $$;
 COMMENT ON FUNCTION pm.health() IS
-    'pm.health() -> {positions_count, open_positions_count, counters{order_events_without_price (always present), validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters, ...}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h, schema (pm.schema_version()), subscriptions {"<provider>/<channel>": pm.subscription_json}}. Read only.';
+    'pm.health() -> {positions_count, open_positions_count, counters{order_events_without_price and foreign_writes (always present), validations, validation_discrepancies, validation_fixes, exchange_stale_events, exchange_size_discrepancies, dead_letters, ...}, outbox_pending, outbox_oldest_pending_seconds, dead_letters, discrepancies_24h (foreign writes included), foreign_writes_24h (changes of positions by other writers, pm.record_foreign_write), schema (pm.schema_version()), subscriptions {"<provider>/<channel>": pm.subscription_json}}. Read only.';

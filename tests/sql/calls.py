@@ -47,5 +47,14 @@ def sqlstate_of(db, query: str, **args) -> tuple[str, str]:
     return info.value.sqlstate, info.value.diag.message_primary
 
 
+def insert_legacy(db, statement: str) -> None:
+    """A positions row as a deployment finds it from before this service ran: inserted with the
+    triggers off (session_replication_role = replica), so it is not a foreign write and has no ledger
+    (its state becomes the opening balance at its first fill)."""
+    with db.transaction():
+        db.execute("SET LOCAL session_replication_role = replica")
+        db.execute(statement)
+
+
 def D(value) -> Decimal | None:
     return None if value is None else Decimal(str(value))

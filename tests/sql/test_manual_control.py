@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.sql.calls import D, call, fill, push_prices, sqlstate_of
+from tests.sql.calls import D, call, fill, insert_legacy, push_prices, sqlstate_of
 from tests.sql.helpers import position
 
 
@@ -165,8 +165,8 @@ def test_position_json_carries_the_metadata_fields(db):
 
 
 def test_close_of_a_position_older_than_its_ledger_starts_from_its_opening_balance(db):
-    db.execute("INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, created_at) "
-               "VALUES ('ADAUSDT', -5, 0.4, 1, '2025-01-01 00:00:00')")
+    insert_legacy(db, "INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, created_at) "
+                      "VALUES ('ADAUSDT', -5, 0.4, 1, '2025-01-01 00:00:00')")
     result = close(db, asset="ADAUSDT", price="0.3")
     assert D(result["realized_pnl"]) == D("0.5") and result["position"]["size"] == "0"
     kinds = db.execute("SELECT kind, source FROM pm.executions ORDER BY exec_time").fetchall()

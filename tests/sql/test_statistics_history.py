@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.sql.calls import D, call, fill, push_prices, sqlstate_of
+from tests.sql.calls import D, call, fill, insert_legacy, push_prices, sqlstate_of
 
 
 def stats(db) -> dict:
@@ -163,8 +163,8 @@ def test_as_of_hedge_and_errors(db):
 
 
 def test_as_of_of_a_position_older_than_its_ledger_counts_from_its_creation(db):
-    db.execute("INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, created_at) "
-               "VALUES ('ADAUSDT', 5, 0.4, 1, '2025-01-01 00:00:00')")
+    insert_legacy(db, "INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, created_at) "
+                      "VALUES ('ADAUSDT', 5, 0.4, 1, '2025-01-01 00:00:00')")
     fill(db, "ADAUSDT", "Buy", "5", "0.6", at="2025-02-01T00:00:00Z")
     assert sqlstate_of(db, "extras_position_as_of", asset="ADAUSDT", mode="one-way", as_of="2024-12-31T00:00:00Z")[0] == "P0002"
     before = as_of(db, "2025-01-15T00:00:00Z", asset="ADAUSDT")

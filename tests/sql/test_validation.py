@@ -7,6 +7,7 @@ from decimal import Decimal as D
 import psycopg
 import pytest
 
+from tests.sql.calls import insert_legacy
 from tests.sql.helpers import apply_order, apply_position, at_ms, counter, exec_a, fold, messages, position
 
 
@@ -100,8 +101,8 @@ def test_hedge_leg_fix(db):
 
 
 def test_position_without_authoritative_source_is_never_fixed_to_zero(db):
-    db.execute("INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, mode, version) "
-               "VALUES ('OLDUSDT', 7, 3, 1, 'one-way', 4)")
+    insert_legacy(db, "INSERT INTO public.positions (asset, size, average_entry_price, realized_pnl, mode, version) "
+                      "VALUES ('OLDUSDT', 7, 3, 1, 'one-way', 4)")
     before = position(db, "OLDUSDT")
     res = validate(db, "OLDUSDT", fix=True)
     assert res["is_valid"] is False and res.get("no_authoritative_source") is True

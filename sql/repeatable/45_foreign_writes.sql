@@ -1,0 +1,98 @@
+-- Foreign writers: public.positions is a shared table, and another service (a client with the
+-- table's privileges, psql) can change a row behind this service's back. Every statement of ours
+-- that writes positions is marked (pm.own_writes, around the statement); triggers catch every other
+-- change of a row, whatever the client, and make it visible: counted (pm.counters foreign_writes),
+-- recorded with the writer and the row before and after (pm.discrepancies, field foreign_write),
+-- version bumped and a position_updated event in the outbox (caches and subscribers see it). The
+-- ledger is not touched, so validation sees the difference and --fix restores the ledger's state.
+-- Limits (docs/observability.md): the marker is a transaction-local setting holding the current
+-- transaction id, set and cleared around each of our statements; a client that sets it the same way
+-- on purpose, a session with session_replication_role = replica, ALTER TABLE ... DISABLE TRIGGER and
+-- TRUNCATE are not caught.
+-- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
+
+-- pm.own_writes(on) -> text
+-- Marks (true) or clears (false) this transaction's next statements as this service's own writes of positions.
+CREATE OR REPLACE FUNCTION pm.own_writes(p_on boolean) RETURNS text
+LANGUAGE sql VOLATILE AS $$
+    SELECT set_config('pm.writer', CASE WHEN p_on THEN pg_current_xact_id()::text ELSE '' END, true)
+$$;
+COMMENT ON FUNCTION pm.own_writes(boolean) IS
+    'pm.own_writes(on) -> the marker: with true, the transaction-local setting pm.writer is set to the current transaction id, so that the foreign-write triggers of public.positions let the next statements pass as this service''s own; with false it is cleared. Every writer of positions in sql/ calls it around its statement (set, write, clear); an error rolls the setting back with the (sub)transaction. A value left from another transaction never matches.';
+
+-- pm.foreign_write_version() -> trigger
+-- BEFORE UPDATE of a position by a foreign writer: bumps the version (a statement that changes nothing keeps it).
+CREATE OR REPLACE FUNCTION pm.foreign_write_version() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.version := greatest(coalesce(NEW.version, 0), coalesce(OLD.version, 0) + 1);
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION pm.foreign_write_version() IS
+    'Trigger (BEFORE UPDATE of public.positions, only when the statement is not marked by pm.own_writes and changes the row): the version becomes at least the old one + 1, so that caches keyed on versions (the portfolio fingerprint, ETags) see the change.';
+
+-- pm.record_foreign_write() -> trigger
+-- AFTER a foreign INSERT/UPDATE/DELETE of a position: discrepancy, counter, opening of the ledger, outbox event.
+CREATE OR REPLACE FUNCTION pm.record_foreign_write() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- (inside SECURITY DEFINER current_user is the owner: the writer is the SET ROLE role, else the login)
+    v_role text := CASE WHEN current_setting('role') = 'none' THEN session_user::text ELSE current_setting('role') END;
+    v_app text := nullif(current_setting('application_name'), '');
+    v_before jsonb;
+    v_after jsonb;
+    v_changed jsonb;
+    st pm.pos_state;
+BEGIN
+    IF TG_OP = 'UPDATE' AND OLD IS NOT DISTINCT FROM NEW THEN
+        RETURN NULL;   -- a statement that changed nothing
+    END IF;
+    IF TG_OP <> 'INSERT' THEN v_before := to_jsonb(OLD); END IF;
+    IF TG_OP <> 'DELETE' THEN v_after := to_jsonb(NEW); END IF;
+    SELECT coalesce(jsonb_agg(coalesce(a.key, b.key) ORDER BY coalesce(a.key, b.key)), '[]'::jsonb) INTO v_changed
+      FROM jsonb_each(coalesce(v_after, '{}'::jsonb)) a
+      FULL JOIN jsonb_each(coalesce(v_before, '{}'::jsonb)) b ON b.key = a.key
+     WHERE a.value IS DISTINCT FROM b.value;
+
+    INSERT INTO pm.discrepancies (position_id, asset, mode, field, stored_value, expected_value, source, detected_by,
+                                  fixed, writer_role, application_name, row_before, row_after)
+    VALUES (CASE WHEN TG_OP <> 'DELETE' THEN (v_after ->> 'id')::uuid END,   -- (a deleted row cannot be referenced)
+            coalesce(v_after, v_before) ->> 'asset', coalesce(v_after, v_before) ->> 'mode', 'foreign_write',
+            pm.dec((v_after ->> 'size')::numeric), pm.dec((v_before ->> 'size')::numeric), 'foreign_write', 'trigger',
+            false, v_role, v_app, v_before, v_after);
+    PERFORM pm.bump('foreign_writes');
+    IF TG_OP = 'DELETE' THEN
+        RETURN NULL;
+    END IF;
+
+    -- A position without a ledger would take its stored state as the opening balance at its first
+    -- fill (pm.ledger_insert), adopting the foreign change. Its ledger opens here instead, with the
+    -- state before the change (flat for a row the foreign writer inserted), so that validation sees
+    -- the change as a difference to the ledger.
+    IF NOT EXISTS (SELECT 1 FROM pm.executions x WHERE x.position_id = NEW.id) THEN
+        st := CASE WHEN TG_OP = 'INSERT' THEN pm.zero_state(NEW.mode) ELSE pm.state_of(OLD) END;
+        INSERT INTO pm.executions (position_id, exec_key, kind, source, exec_time, seq, target, state_after)
+        VALUES (NEW.id, 'opening:' || NEW.id, 'opening', 'validation', '-infinity', -1, st, st)
+        ON CONFLICT (exec_key) DO NOTHING;
+    END IF;
+
+    INSERT INTO pm.outbox (event_type, position_id, asset, mode, version, source, action, actor, detail, image)
+    VALUES ('position_updated', NEW.id, NEW.asset, NEW.mode, NEW.version, 'foreign_write', lower(TG_OP), v_role,
+            jsonb_build_object('application_name', v_app, 'changed', v_changed), pm.image_of(NEW));
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION pm.record_foreign_write() IS
+    'Trigger (AFTER INSERT/UPDATE/DELETE of public.positions, only when the statement is not marked by pm.own_writes): a change that did not come through this service''s functions. Appends a pm.discrepancies row (field and source foreign_write, detected_by trigger, stored = size after, expected = size before, writer_role, application_name, row_before, row_after), counts foreign_writes; for an insert or update also opens the ledger of a position that has none (opening balance = the row before the change, flat for an insert) and appends a position_updated outbox row (source foreign_write, action insert|update, actor = the writing role, detail {application_name, changed: [columns]}). A delete is recorded and counted only (no event). SECURITY DEFINER: a writer with privileges on public.positions alone is recorded too. A statement that changes nothing is ignored.';
+
+-- The triggers. WHEN is evaluated before any function is called, so our own (marked) statements
+-- pay one comparison per row and nothing else.
+DROP TRIGGER IF EXISTS positions_foreign_version ON public.positions;
+CREATE TRIGGER positions_foreign_version BEFORE UPDATE ON public.positions FOR EACH ROW
+    WHEN (current_setting('pm.writer', true) IS DISTINCT FROM pg_current_xact_id()::text AND OLD.* IS DISTINCT FROM NEW.*)
+    EXECUTE FUNCTION pm.foreign_write_version();
+DROP TRIGGER IF EXISTS positions_foreign_write ON public.positions;
+CREATE TRIGGER positions_foreign_write AFTER INSERT OR UPDATE OR DELETE ON public.positions FOR EACH ROW
+    WHEN (current_setting('pm.writer', true) IS DISTINCT FROM pg_current_xact_id()::text)
+    EXECUTE FUNCTION pm.record_foreign_write();
