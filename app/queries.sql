@@ -157,8 +157,13 @@ SELECT pm.positions_fingerprint() AS fingerprint,
 SELECT pm.positions_fingerprint()
 
 -- name: api_health
--- Counters and sizes for GET /health.
-SELECT pm.health()
+-- Counters and sizes for GET /health, and whether each expected consumer role is alive (heartbeats).
+SELECT pm.health() || jsonb_build_object('consumers', pm.liveness(%(roles)s::text[]))
+
+-- name: api_metrics
+-- The service-wide figures of GET /metrics: counters, outbox backlog, dead letters, foreign writes,
+-- and per consumer role its liveness and the figures its processes wrote with their heartbeats.
+SELECT pm.metrics(%(roles)s::text[])
 
 -- name: api_select_one
 -- The benchmark's reference endpoint (POSITION_MANAGER_BENCH_REFERENCE=1): one trivial query.
@@ -193,6 +198,10 @@ SELECT t.i, jsonb_build_object('status', t.r -> 'status', 'reason', t.r -> 'reas
 -- Whether the database is migrated far enough for the consumers (checked on every connect).
 SELECT to_regprocedure('pm.apply_batch(text,jsonb)') IS NOT NULL
    AND to_regprocedure('pm.record_dead_letter(text,text,text,text,text,jsonb)') IS NOT NULL
+
+-- name: heartbeat
+-- A consumer role's or the relay's heartbeat with its cumulative figures (app/figures.py).
+SELECT pm.heartbeat(%(role)s, %(instance)s, %(started_at)s, %(figures)s::jsonb)
 
 -- name: pipeline_record_dead_letter
 -- Keep a message sent to the dead-letter queue for operators and Grafana.

@@ -61,6 +61,26 @@ def _nonneg_decimal(raw: str) -> Decimal:
     return value
 
 
+def _pos_decimal(raw: str) -> Decimal:
+    value = _nonneg_decimal(raw)
+    if value == 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+# The long-running roles that write heartbeats (bin/consume): the two queue consumers and the relay.
+ROLES = ("order", "position", "relay")
+
+
+def _roles(raw: str) -> tuple[str, ...]:
+    """`order,position,relay` -> those roles, in that order; empty: none."""
+    roles = tuple(dict.fromkeys(r.strip() for r in raw.split(",") if r.strip()))
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role {unknown[0]!r}; expected some of {', '.join(ROLES)}")
+    return roles
+
+
 def _port(raw: str) -> int:
     value = int(raw.strip())
     if not 0 < value < 65536:
@@ -197,6 +217,12 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     # longest a stream stays open before the client reconnects with Last-Event-ID.
     ("stream_heartbeat", "POSITION_MANAGER_STREAM_HEARTBEAT", "15", _pos_int),
     ("stream_max_seconds", "POSITION_MANAGER_STREAM_MAX_SECONDS", "300", _pos_int),
+    # Liveness (docs/observability.md): each consumer role and the relay write a heartbeat with
+    # their figures every INTERVAL seconds; a role silent for longer than TIMEOUT is not alive, and
+    # /health is degraded while one of HEALTH_ROLES is not (empty: the API alone, no role expected).
+    ("heartbeat_interval", "POSITION_MANAGER_HEARTBEAT_INTERVAL", "5", _pos_decimal),
+    ("heartbeat_timeout", "POSITION_MANAGER_HEARTBEAT_TIMEOUT", "30", _pos_decimal),
+    ("health_roles", "POSITION_MANAGER_HEALTH_ROLES", ",".join(ROLES), _roles),
 ]
 
 VARIABLE_NAMES = [name for _, name, _, _ in _VARIABLES]
@@ -256,6 +282,9 @@ class Settings:
     bench_reference: bool
     stream_heartbeat: int
     stream_max_seconds: int
+    heartbeat_interval: Decimal
+    heartbeat_timeout: Decimal
+    health_roles: tuple[str, ...]
 
     def sql_options(self) -> str:
         """libpq `options`: the custom settings the SQL functions read (see sql/ pm.setting())."""
@@ -265,6 +294,7 @@ class Settings:
             "pm.avg_price_diff_threshold": str(self.avg_price_diff_threshold),
             "pm.size_validation_threshold": str(self.size_validation_threshold),
             "pm.price_staleness_threshold": str(self.price_staleness_threshold),
+            "pm.heartbeat_timeout": str(self.heartbeat_timeout),
         }
         return " ".join(f"-c {k}={v}" for k, v in pairs.items())
 

@@ -9,8 +9,11 @@ Measured in one run, on databases migrated from sql/:
     pm.apply_batch with 100 executions per call (the consumers' path: one write per position per
     batch);
   * the same against a second database whose ledger holds --ledger-rows executions more, to show
-    that the cost of a fill does not grow with history. The two databases take turns, run by run,
-    so that a slow spell of the machine hits both alike;
+    that the cost of a fill does not grow with history;
+  * the same against a third, empty database without foreign-write detection (the trigger of
+    public.positions dropped, the own-write marker a no-op): the cost of the detection on the fill
+    path. The three databases take turns, run by run, so that a slow spell of the machine hits
+    all alike;
   * --ties executions of ONE position that share one execution time (random execution ids, one
     call each, commit every 100), beside the same executions with distinct times (1 ms apart) on
     another position of the same database, measured in turns (which goes first alternates).
@@ -89,7 +92,12 @@ def one_position_executions(n: int, start: datetime, asset: str, seed: int, same
     return out
 
 
-def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) -> float:
+def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) -> tuple[float, float | None]:
+    """(executions per second, CPU microseconds of the database backend per execution). The CPU time
+    is measured on the server's process (/proc; None when the server is not local): unlike the rate,
+    it hardly moves when other work shares the machine."""
+    backend = conn.info.backend_pid
+    cpu0 = common.cpu_seconds(backend)
     t0 = time.perf_counter()
     with conn.cursor() as cur:
         for i in range(0, len(events), k):
@@ -104,7 +112,9 @@ def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) ->
                 for ev in chunk:
                     cur.execute(q("sql_apply_order_event"), (ev,))
             conn.commit()
-    return len(events) / (time.perf_counter() - t0)
+    rate = len(events) / (time.perf_counter() - t0)
+    cpu1 = common.cpu_seconds(backend)
+    return rate, (None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1e6 / len(events))
 
 
 def pgbench_tps(settings, seconds: int) -> float | None:
@@ -152,10 +162,13 @@ def main(argv=None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     settings = settings_mod.load()
-    # two databases of the same cluster: one starts empty, the other holds the grown ledger
-    dbs = {"empty": f"pm_bench_sql_{os.getpid()}_empty", "grown": f"pm_bench_sql_{os.getpid()}_grown"}
+    # three databases of the same cluster: one starts empty, one holds the grown ledger, one starts
+    # empty without foreign-write detection
+    dbs = {"empty": f"pm_bench_sql_{os.getpid()}_empty", "grown": f"pm_bench_sql_{os.getpid()}_grown",
+           "bare": f"pm_bench_sql_{os.getpid()}_bare"}
     conns: dict[str, psycopg.Connection] = {}
     runs_of: dict[str, list[float]] = {}
+    cpu_of: dict[str, list[float]] = {}
     try:
         for dbname in dbs.values():
             common.fresh_database(settings, dbname)
@@ -163,6 +176,8 @@ def main(argv=None) -> int:
         runs_of["pgbench"] = [pgbench_tps(settings, args.pgbench_seconds) or 0.0 for _ in range(args.repeat)]
 
         conns = {phase: psycopg.connect(**settings.conninfo(dbname)) for phase, dbname in dbs.items()}
+        conns["bare"].execute(q("sql_without_foreign_write_detection"))
+        conns["bare"].commit()
         print(f"growing the ledger by {args.ledger_rows} rows ...", file=sys.stderr)
         grow_ledger(conns["grown"], args.ledger_rows)
         with psycopg.connect(**settings.conninfo(dbs["grown"]), autocommit=True) as c2:
@@ -176,13 +191,16 @@ def main(argv=None) -> int:
                 for phase, conn in conns.items():
                     evs = list(executions(n, t, f"{phase}-{key}-{rep}"))
                     print(f"#{rep + 1} {phase}: {key}, {n} executions ...", file=sys.stderr)
-                    runs_of.setdefault(f"{phase}_{key}", []).append(apply_rate(conn, evs, k, how))
+                    rate, cpu_us = apply_rate(conn, evs, k, how)
+                    runs_of.setdefault(f"{phase}_{key}", []).append(rate)
+                    if cpu_us is not None:
+                        cpu_of.setdefault(f"{phase}_{key}", []).append(cpu_us)
                 t += timedelta(days=1)
             # equal times beside distinct ones, one position each, on the empty database
             for key, same_time in sorted((("ties_distinct", False), ("ties_equal", True)), reverse=rep % 2 == 1):
                 evs = one_position_executions(args.ties, t, f"T{rep}{key[5:].upper()}USDT", 11 + rep, same_time)
                 print(f"#{rep + 1} empty: {key}, {args.ties} executions of one position ...", file=sys.stderr)
-                runs_of.setdefault(key, []).append(apply_rate(conns["empty"], evs, 100, "plain"))
+                runs_of.setdefault(key, []).append(apply_rate(conns["empty"], evs, 100, "plain")[0])
             t += timedelta(days=1)
         ledger_rows = conns["grown"].execute(q("ledger_rows")).fetchone()[0]
     finally:
@@ -207,8 +225,19 @@ def main(argv=None) -> int:
         figures.append(figure(f"grown_{key}", f"{label}, {ledger_rows:,} ledger rows", median[f"grown_{key}"],
                               "executions/s", reference=reference(f"{label}, empty ledger",
                                                                    median[f"empty_{key}"], "executions/s")))
+    cpu = {key: statistics.median(values) for key, values in cpu_of.items()}
+    for key, label, _, _ in RUNS:
+        figures.append(figure(f"bare_{key}", f"{label}, without foreign-write detection", median[f"bare_{key}"],
+                              "executions/s", reference=reference(f"{label}, with foreign-write detection",
+                                                                   median[f"empty_{key}"], "executions/s")))
+    for key, label, _, _ in RUNS:
+        if f"empty_{key}" in cpu and f"bare_{key}" in cpu:
+            figures.append(figure(f"cpu_empty_{key}", f"{label}: database CPU per execution, with foreign-write "
+                                  "detection", cpu[f"empty_{key}"], "µs", reference=reference(
+                                      f"{label}: database CPU per execution, without", cpu[f"bare_{key}"], "µs")))
     path = common.write_result("sql", command=common.explicit_command("sql", ap, args), params=vars(args),
-                               figures=figures, detail={"ledger_rows_at_end": ledger_rows, "runs": runs_of},
+                               figures=figures, detail={"ledger_rows_at_end": ledger_rows, "runs": runs_of,
+                                                       "cpu_us_per_execution": cpu_of},
                                path=args.json)
     print(f"\n{'measurement (median of ' + str(args.repeat) + ')':72} {'per second':>11} {'x ref':>7}")
     for f in figures:

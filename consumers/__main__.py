@@ -16,9 +16,8 @@ import sys
 import time
 
 from app import logs
-from app.settings import EXIT_CONFIG, entry_point, load
+from app.settings import EXIT_CONFIG, ROLES, entry_point, load
 
-ROLES = ("order", "position", "relay")
 STOP_GRACE_SECONDS = 30.0
 
 log = logging.getLogger("position_manager.consume")

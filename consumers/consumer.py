@@ -29,6 +29,10 @@ one process but not a restart of the process (see README).
 
 The position consumer also keeps ws-gateway forwarding Bybit's position topic when WS_GATEWAY_HOST
 is set (consumers/ws_gateway.py, a thread of its own that never touches the broker connection).
+
+Figures (app/figures.py): messages by outcome, per-batch and per-message times, the lag of the
+last batch, the oldest message held and the queue's depth; written with the role's heartbeat to
+pm.heartbeats every POSITION_MANAGER_HEARTBEAT_INTERVAL seconds, outside the batches.
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ import psycopg
 
 from app import broker, sqlstates
 from app import db as appdb
+from app.figures import Figures, Heartbeat, event_time
 from app.settings import Settings
 from consumers import ws_gateway
 
@@ -83,6 +88,19 @@ class Delivery:
     result: dict | None = None                # what the SQL function returned
     failure: BaseException | None = None      # unknown error in this attempt
     extra: dict = field(default_factory=dict)
+
+    @property
+    def event_time(self) -> float | None:
+        """When its event happened (epoch seconds), if the message says (computed once, when asked)."""
+        if "event_time" not in self.extra:
+            self.extra["event_time"] = event_time(self.doc, self.properties.timestamp)
+        return self.extra["event_time"]
+
+    @property
+    def age(self) -> float:
+        """Seconds since its event happened, else since it arrived here."""
+        t = self.event_time
+        return time.time() - t if t is not None else time.monotonic() - self.received_at
 
     def decode(self) -> None:
         try:
@@ -166,6 +184,9 @@ class QueueConsumer:
         self.commits = 0
         self.kill_after_commits = int(os.environ.get(KILL_AFTER_COMMITS_ENV, "0") or 0)
         self.db_backoff = broker.Backoff()
+        self.probe = None   # a channel of its own for the queue's depth (a passive declare)
+        self.figures = Figures()
+        self.heartbeat = Heartbeat(settings, kind, self.figures)
         # the database call of a batch runs on this thread while the main thread keeps receiving
         # and decoding the next messages (pika is used by the main thread only)
         self.worker = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="db")
@@ -203,6 +224,7 @@ class QueueConsumer:
         """Sleep, servicing the broker connection (heartbeats) when there is one; wake on stop."""
         deadline = time.monotonic() + seconds
         while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self._beat()
             if self.mq is not None and self.mq.is_open:
                 try:
                     self.mq.sleep(min(left, 0.25))
@@ -222,6 +244,7 @@ class QueueConsumer:
                         "the database lacks the pm functions the consumer calls: run bin/migrate")
                 self.db_backoff.reset()
                 log.info("database connected", extra={"queue": self.queue})
+                self._beat(force=True)
             except psycopg.Error as exc:
                 delay = self.db_backoff.next_delay()
                 log.warning("database unreachable or not migrated, retrying", extra={
@@ -237,6 +260,7 @@ class QueueConsumer:
         publish_channel = broker.declare_queue(self.mq, publish_channel, self.settings,
                                                self.settings.dead_letter_queue)
         self.publisher = broker.ConfirmingPublisher(self.mq, publish_channel)
+        self.probe = self.mq.channel()
         self.channel.basic_qos(prefetch_count=self.settings.consumer_prefetch)
         self.channel.basic_consume(self.queue, self._on_message, auto_ack=False)
         log.info("consuming", extra={"queue": self.queue, "prefetch": self.settings.consumer_prefetch,
@@ -252,7 +276,7 @@ class QueueConsumer:
                     self.mq.close()
             except Exception:  # noqa: BLE001 - already broken; nothing more to do
                 pass
-        self.mq = self.channel = self.publisher = None
+        self.mq = self.channel = self.publisher = self.probe = None
 
     def _close(self) -> None:
         if self.mq is not None and self.mq.is_open:
@@ -263,6 +287,7 @@ class QueueConsumer:
         self.worker.shutdown(wait=True)
         if self.subscription is not None:
             self.subscription.stop()
+        self._beat(force=True)   # the last figures
         if self.db is not None:
             self.db.close()
         log.info("stopped", extra={"queue": self.queue})
@@ -289,6 +314,7 @@ class QueueConsumer:
                 del self.pending[:batch_size]
                 if not self._flush(batch):
                     return  # stopping while the database is down: leave them unacknowledged
+            self._beat()
             if self.stopping:
                 return
 
@@ -314,15 +340,49 @@ class QueueConsumer:
         for d in batch:
             d.result, d.failure = None, None
         todo = sorted((d for d in batch if d.dead is None), key=lambda d: d.lock_key)
+        started = time.monotonic()
         if not self._commit_with_retries(todo):
             return False
+        if todo:
+            self.figures.observe("batch_seconds", time.monotonic() - started)
+            oldest = min(todo, key=lambda d: d.received_at)
+            if oldest.event_time is not None:
+                self.figures.gauge("lag_seconds", max(0.0, oldest.age))
         self._count_failures(batch)
         dead = [d for d in batch if d.dead is not None]
         if dead:
             self._dead_letter(dead)
-        self._ack([d for d in batch if d.failure is None or d.dead is not None])
+        done = [d for d in batch if d.failure is None or d.dead is not None]
+        self._ack(done)
+        self._count(done)
         self._log(batch)
         return True
+
+    def _count(self, done: list[Delivery]) -> None:
+        """Outcome and time from arrival to acknowledgement of every finished message."""
+        now = time.monotonic()
+        for d in done:
+            if d.dead is not None:
+                self.figures.inc("messages", "failed" if d.extra.get("exhausted") else "invalid")
+            else:
+                self.figures.inc("messages", str((d.result or {}).get("status") or "unknown"))
+            self.figures.observe("message_seconds", now - d.received_at)
+
+    def _beat(self, force: bool = False) -> None:
+        """Every heartbeat interval (outside a batch): the queue's depth and the oldest message held
+        into the figures, then the heartbeat. Neither may stop consuming."""
+        if not (force or self.heartbeat.due()):
+            return
+        depth = None
+        if self.probe is not None and self.mq is not None and self.mq.is_open:
+            try:
+                depth = self.probe.queue_declare(self.queue, passive=True).method.message_count
+            except broker.BROKER_ERRORS:
+                self.probe = None   # opened again with the next broker connection
+        self.figures.gauge("queue_depth", depth)
+        held = self.pending + [d for _, d in self.retry]
+        self.figures.gauge("oldest_unprocessed_seconds", max((d.age for d in held), default=0.0))
+        self.heartbeat.beat(self.db)
 
     def _commit_with_retries(self, todo: list[Delivery]) -> bool:
         deadlocks = 0
@@ -440,6 +500,7 @@ class QueueConsumer:
             code = getattr(d.failure, "sqlstate", None) or "unknown"
             if attempts >= self.settings.max_delivery_attempts:
                 d.dead = (f"failed {attempts} times, last error {error}", code)
+                d.extra["exhausted"] = True
                 self.attempts.pop(d.key, None)
                 continue
             delay = min(30.0, 0.5 * 2 ** (attempts - 1))

@@ -15,6 +15,9 @@ It sleeps on LISTEN pm_outbox (the outbox's insert trigger notifies at commit) w
 safety poll, never a hot poll. After publishing position changes it asks
 pm.enqueue_portfolio_event to add one coalesced portfolio_updated event (at most one per
 POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL seconds), retrying until that interval has passed.
+
+Figures (app/figures.py): events published by type and the time of each batch, written with the
+relay's heartbeat to pm.heartbeats every POSITION_MANAGER_HEARTBEAT_INTERVAL seconds.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import psycopg
 
 from app import broker, sqlstates
 from app import db as appdb
+from app.figures import Figures, Heartbeat
 from app.settings import Settings
 
 log = logging.getLogger("position_manager.relay")
@@ -49,6 +53,8 @@ class OutboxRelay:
         self.portfolio_pending_since: float | None = None
         self.kill_after_publish = os.environ.get(KILL_AFTER_PUBLISH_ENV) == "1"
         self.published_total = 0
+        self.figures = Figures()
+        self.heartbeat = Heartbeat(settings, "relay", self.figures)
 
     def stop(self, *_args) -> None:
         self.stopping = True
@@ -91,6 +97,7 @@ class OutboxRelay:
                 self._connect()
                 self._drain()
                 backoff.reset()
+                self._beat()
                 self._wait()
             except broker.BROKER_ERRORS as exc:
                 self._drop(broker=True, database=False)
@@ -100,6 +107,7 @@ class OutboxRelay:
                     raise
                 self._drop(broker=False, database=True)
                 self._pause(backoff, "database unreachable", exc)
+        self.heartbeat.beat(self.db)   # the last figures
         self._drop(broker=True, database=True)
         log.info("relay stopped", extra={"published": self.published_total})
 
@@ -109,12 +117,18 @@ class OutboxRelay:
                                                 "retry_in_seconds": round(delay, 2)})
         deadline = time.monotonic() + delay
         while not self.stopping and time.monotonic() < deadline:
+            self._beat()
             time.sleep(0.1)
+
+    def _beat(self) -> None:
+        if self.heartbeat.due():
+            self.heartbeat.beat(self.db)
 
     def _drain(self) -> None:
         """Publish until nothing is pending; then maybe enqueue (and publish) portfolio_updated."""
         while not self.stopping:
             published = self._publish_batch()
+            self._beat()
             if published:
                 continue
             if self._maybe_enqueue_portfolio():
@@ -122,6 +136,7 @@ class OutboxRelay:
             return
 
     def _publish_batch(self) -> int:
+        started = time.monotonic()
         with appdb.write_transaction(self.db):
             rows = self.db.execute(appdb.q("pipeline_outbox_claim"), {"limit": CLAIM_BATCH}).fetchall()
             if not rows:
@@ -138,6 +153,9 @@ class OutboxRelay:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests only: published, not yet marked
             self.db.execute(appdb.q("pipeline_outbox_mark_published"), {"ids": [r[0] for r in rows]})
         self.published_total += len(rows)
+        self.figures.observe("publish_seconds", time.monotonic() - started)
+        for row in rows:
+            self.figures.inc("published", row[2])
         if any(r[2] == "position_updated" for r in rows) and self.portfolio_pending_since is None:
             self.portfolio_pending_since = time.monotonic()
         for _id, event_id, event_type, trace_id, _payload in rows:
@@ -171,6 +189,7 @@ class OutboxRelay:
             for _notify in self.listen_conn.notifies(timeout=min(left, 1.0), stop_after=1):
                 notified = True
             self.mq.process_data_events(time_limit=0)  # heartbeats
+            self._beat()
             if notified:
                 return
 

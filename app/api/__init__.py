@@ -15,6 +15,7 @@ from app import logs
 from app.api import docs, errors, extras, resources
 from app.api.cache import PortfolioCache
 from app.api.health import BrokerProbe, HealthResource
+from app.api.metrics import MetricsResource
 from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
 from app.settings import Settings, load, require_api_keys
 
@@ -39,7 +40,9 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
 
     cache = PortfolioCache(float(settings.metrics_cache_ttl))
     broker = broker or BrokerProbe(settings.rabbitmq_host, settings.rabbitmq_port)
-    app.add_route("/health", HealthResource(pool, broker, settings.service_name, bool(settings.ws_gateway_url)))
+    app.add_route("/health", HealthResource(pool, broker, settings.service_name, bool(settings.ws_gateway_url),
+                                            settings.health_roles))
+    app.add_route("/metrics", MetricsResource(pool, broker, settings.service_name, settings.health_roles))
     app.add_route("/openapi.yaml", resources.OpenApiResource())
     docs_page = docs.DocsResource()
     app.add_route("/docs", docs_page)

@@ -19,6 +19,7 @@ from typing import Callable, Hashable
 
 import psycopg
 
+from app.api.metrics import CACHE_REQUESTS
 from app.db import q
 
 
@@ -46,8 +47,10 @@ class PortfolioCache:
             (fingerprint,) = conn.execute(q("api_positions_fingerprint")).fetchone()
             if fingerprint == entry.fingerprint:
                 self.hits += 1
+                CACHE_REQUESTS.labels("hit").inc()
                 return entry.body
         self.misses += 1
+        CACHE_REQUESTS.labels("miss").inc()
         fingerprint, body = compute(conn)
         if self.ttl > 0:
             with self._lock:

@@ -1,4 +1,5 @@
-"""GET /health: database (with pm.health() counters), the schema version, and RabbitMQ reachability.
+"""GET /health: database (with pm.health() counters), the schema version, RabbitMQ reachability,
+and whether each consumer role and the relay are alive.
 
 "schema" says what the database was upgraded to (pm.schema_version()) beside what this code
 expects (app/schema.py, from the files under sql/): a database behind the code makes the service
@@ -13,6 +14,11 @@ The API does not use RabbitMQ itself, but the consumers of this deployment do: a
 cannot be reached makes the service "degraded" (still answering from the database). The broker is
 probed with a TCP connect of short timeout, cached a few seconds so that a load balancer polling
 /health does not open a socket per poll.
+
+"consumers" has, per role of POSITION_MANAGER_HEALTH_ROLES, "alive" and the seconds since its last
+heartbeat (each consumer role and the relay write one to the database every few seconds,
+app/figures.py): one that is not alive makes the service "degraded". Only a database that cannot be
+reached makes it "unhealthy" (503).
 """
 from __future__ import annotations
 
@@ -64,11 +70,13 @@ def utc_now_iso() -> str:
 
 
 class HealthResource:
-    def __init__(self, pool: ConnectionPool, broker: BrokerProbe, service: str, ws_gateway: bool = False):
+    def __init__(self, pool: ConnectionPool, broker: BrokerProbe, service: str, ws_gateway: bool = False,
+                 roles: tuple[str, ...] = ()):
         self.pool = pool
         self.broker = broker
         self.service = service
         self.ws_gateway = ws_gateway
+        self.roles = list(roles)
         self.expected_schema = schema.expected()["version"]
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
@@ -77,7 +85,7 @@ class HealthResource:
         try:
             with self.pool.connection(timeout=HEALTH_DB_TIMEOUT) as conn:
                 conn.autocommit = True
-                (counters,) = conn.execute(q("api_health")).fetchone()
+                (counters,) = conn.execute(q("api_health"), {"roles": self.roles}).fetchone()
         except (PoolTimeout, psycopg.OperationalError) as exc:
             log.warning("health: database unreachable: %s", exc)
             body.update(status="unhealthy", database_connected=False, positions_count=None,
@@ -91,7 +99,9 @@ class HealthResource:
             ws = body["ws_gateway"] = {"enabled": self.ws_gateway}
             if self.ws_gateway:
                 ws.update((counters.get("subscriptions") or {}).get("ws-gateway/position") or {"subscribed": None})
-            healthy = queue_connected and db_schema["up_to_date"] and ws.get("subscribed") is not False
+            consumers_alive = all(c["alive"] for c in body["consumers"].values())
+            healthy = (queue_connected and db_schema["up_to_date"] and ws.get("subscribed") is not False
+                       and consumers_alive)
             body.update(status="healthy" if healthy else "degraded", database_connected=True, timestamp=utc_now_iso())
         resp.content_type = falcon.MEDIA_JSON
         resp.text = json.dumps(body)

@@ -20,18 +20,21 @@ from app import logs
 from app.api import docs
 from app.api.errors import ApiError
 from app.api.keys import digest
+from app.api.metrics import RATE_LIMITED, REQUEST_SECONDS
 from app.db import q
 
 access_log = logging.getLogger("position_manager.api.access")
 
-# Paths that need no API key: load balancers, the schema and its browsable page (/docs and its assets).
-PUBLIC_PATHS = frozenset({"/health", "/openapi.yaml"}) | docs.PATHS
+# Paths that need no API key: load balancers, metrics scrapers (they carry no key names and no
+# secrets), the schema and its browsable page (/docs and its assets).
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.yaml"}) | docs.PATHS
 # A trace id from the caller is echoed only when it is a sane token (it goes into logs and SQL).
 _TRACE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
 
 class TraceMiddleware:
-    """X-Trace-Id echoed or generated; one JSON access-log line per request."""
+    """X-Trace-Id echoed or generated; one JSON access-log line per request, and its duration in
+    pm_api_request_duration_seconds by route template (never the raw path: bounded labels)."""
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         req.context.started = time.perf_counter()
@@ -41,7 +44,9 @@ class TraceMiddleware:
 
     def process_response(self, req: falcon.Request, resp: falcon.Response, resource, req_succeeded: bool) -> None:
         resp.set_header("X-Trace-Id", req.context.trace_id)
-        duration_ms = round((time.perf_counter() - req.context.started) * 1000, 3)
+        seconds = time.perf_counter() - req.context.started
+        REQUEST_SECONDS.labels(req.uri_template or "unmatched", req.method, str(resp.status_code)).observe(seconds)
+        duration_ms = round(seconds * 1000, 3)
         access_log.info("request", extra={
             "trace_id": req.context.trace_id, "method": req.method, "path": req.path,
             "status": resp.status_code, "duration_ms": duration_ms,
@@ -134,6 +139,7 @@ class RateLimitMiddleware:
         resp.set_header("X-RateLimit-Remaining", str(max(limit - hits, 0)))
         resp.set_header("X-RateLimit-Reset", str(reset_seconds))
         if not allowed:
+            RATE_LIMITED.inc()
             raise ApiError(429, "rate_limited",
                            f"rate limit of {limit} requests per minute exceeded; retry in {reset_seconds} s",
                            {"Retry-After": str(reset_seconds)})

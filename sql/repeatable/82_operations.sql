@@ -85,7 +85,7 @@ LANGUAGE sql STABLE AS $$
         'positions_count', (SELECT count(*) FROM public.positions),
         'open_positions_count', (SELECT count(*) FROM pm.v_positions WHERE is_open),
         -- counters an operator must see at 0 too, then every counter there is
-        'counters', jsonb_build_object('order_events_without_price', 0)
+        'counters', jsonb_build_object('order_events_without_price', 0, 'foreign_writes', 0)
                     || coalesce((SELECT jsonb_object_agg(name, value) FROM pm.counters), '{}'::jsonb),
         'outbox_pending', (SELECT count(*) FROM pm.outbox WHERE published_at IS NULL),
         'outbox_oldest_pending_seconds',

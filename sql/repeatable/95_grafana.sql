@@ -1,5 +1,6 @@
 -- Grafana: the views its dashboard reads besides the read contract (snapshot and portfolio history,
--- discrepancies, dead letters, counters), and what the read-only role pm_grafana may read. A view
+-- discrepancies, foreign writes, dead letters, counters, consumers and outbox backlog), and what the
+-- read-only role pm_grafana may read. A view
 -- runs with its owner's privileges, so the role reads positions through pm.v_positions without any
 -- privilege on public.positions.
 -- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
@@ -52,10 +53,31 @@ COMMENT ON VIEW pm.v_portfolio_history IS
 -- Every discrepancy recorded, with whether it was fixed.
 CREATE OR REPLACE VIEW pm.v_discrepancies AS
 SELECT d.id, d.detected_at, d.position_id, d.asset, d.mode, d.field, d.stored_value, d.expected_value,
-       d.source, d.detected_by, d.fixed, d.trace_id
+       d.source, d.detected_by, d.fixed, d.trace_id, d.writer_role, d.application_name
   FROM pm.discrepancies d;
 COMMENT ON VIEW pm.v_discrepancies IS
-    'Every discrepancy recorded (exchange stream and validation), with whether it was fixed. Read by Grafana.';
+    'Every discrepancy recorded (exchange stream, validation, foreign writes), with whether it was fixed; writer_role and application_name for foreign writes. Read by Grafana.';
+
+-- pm.v_foreign_writes
+-- Every change of a position by a writer other than this service (pm.record_foreign_write).
+CREATE OR REPLACE VIEW pm.v_foreign_writes AS
+SELECT d.id, d.detected_at, d.position_id, d.asset, d.mode,
+       CASE WHEN d.row_before IS NULL THEN 'insert' WHEN d.row_after IS NULL THEN 'delete' ELSE 'update' END AS operation,
+       d.writer_role, d.application_name,
+       (d.row_before ->> 'size')::numeric AS size_before,
+       (d.row_after ->> 'size')::numeric AS size_after,
+       (d.row_before ->> 'average_entry_price')::numeric AS average_entry_price_before,
+       (d.row_after ->> 'average_entry_price')::numeric AS average_entry_price_after,
+       (SELECT string_agg(c.key, ', ' ORDER BY c.key)
+          FROM jsonb_each(coalesce(d.row_after, '{}'::jsonb)) a
+          FULL JOIN jsonb_each(coalesce(d.row_before, '{}'::jsonb)) b ON b.key = a.key
+          CROSS JOIN LATERAL (SELECT coalesce(a.key, b.key) AS key) c
+         WHERE a.value IS DISTINCT FROM b.value AND c.key NOT IN ('version')) AS changed,
+       d.row_before, d.row_after
+  FROM pm.discrepancies d
+ WHERE d.field = 'foreign_write';
+COMMENT ON VIEW pm.v_foreign_writes IS
+    'Changes of positions that did not come through this service''s functions: when, which position, insert/update/delete, the writing role and application_name, size and average before and after, the columns changed (version aside: the trigger bumps it), the rows. Read by Grafana.';
 
 -- pm.v_dead_letters
 -- Bodies are cut to 2000 characters: a dashboard table needs the start of a bad message, not all of it.
@@ -74,6 +96,50 @@ SELECT c.name, c.value, c.updated_at
 COMMENT ON VIEW pm.v_counters IS
     'Monotonic counters (validations, discrepancies, fixes, stale events, ...). Read by Grafana and /health.';
 
+-- pm.v_consumers
+-- Per role (order, position, relay): liveness from the heartbeats and the figures its processes wrote.
+CREATE OR REPLACE VIEW pm.v_consumers AS
+SELECT h.role,
+       max(h.beat_at) FILTER (WHERE h.instance <> '') AS last_heartbeat_at,
+       round(extract(epoch FROM now() - max(h.beat_at) FILTER (WHERE h.instance <> ''))::numeric, 3) AS seconds_since_heartbeat,
+       coalesce(max(h.beat_at) FILTER (WHERE h.instance <> '') > now() - pm.heartbeat_timeout(), false) AS alive,
+       count(*) FILTER (WHERE h.instance <> '' AND h.beat_at > now() - pm.heartbeat_timeout()) AS instances,
+       coalesce(sum((h.figures #>> '{counters,messages:applied}')::numeric), 0) AS messages_applied,
+       coalesce(sum((h.figures #>> '{counters,messages:duplicate}')::numeric), 0) AS messages_duplicate,
+       coalesce(sum((h.figures #>> '{counters,messages:stale}')::numeric), 0) AS messages_stale,
+       coalesce(sum((h.figures #>> '{counters,messages:ignored}')::numeric), 0) AS messages_ignored,
+       coalesce(sum((h.figures #>> '{counters,messages:invalid}')::numeric), 0) AS messages_invalid,
+       coalesce(sum((h.figures #>> '{counters,messages:failed}')::numeric), 0) AS messages_failed,
+       coalesce(sum(p.published), 0) AS events_published,
+       coalesce(sum((h.figures #>> '{counters,batch_seconds_count}')::numeric), 0) AS batches,
+       round(sum((h.figures #>> '{counters,batch_seconds_sum}')::numeric)
+             / nullif(sum((h.figures #>> '{counters,batch_seconds_count}')::numeric), 0), 6) AS batch_seconds_avg,
+       round(sum((h.figures #>> '{counters,message_seconds_sum}')::numeric)
+             / nullif(sum((h.figures #>> '{counters,message_seconds_count}')::numeric), 0), 6) AS message_seconds_avg,
+       round(sum((h.figures #>> '{counters,publish_seconds_sum}')::numeric)
+             / nullif(sum((h.figures #>> '{counters,publish_seconds_count}')::numeric), 0), 6) AS publish_seconds_avg,
+       max((h.figures #>> '{gauges,lag_seconds}')::numeric) FILTER (WHERE h.beat_at > now() - pm.heartbeat_timeout()) AS lag_seconds,
+       max((h.figures #>> '{gauges,oldest_unprocessed_seconds}')::numeric)
+           FILTER (WHERE h.beat_at > now() - pm.heartbeat_timeout()) AS oldest_unprocessed_seconds,
+       max((h.figures #>> '{gauges,queue_depth}')::numeric) FILTER (WHERE h.beat_at > now() - pm.heartbeat_timeout()) AS queue_depth
+  FROM pm.heartbeats h
+ CROSS JOIN LATERAL (SELECT sum(e.value::numeric) AS published
+                       FROM jsonb_each_text(coalesce(h.figures -> 'counters', '{}'::jsonb)) e
+                      WHERE e.key LIKE 'published:%') p
+ GROUP BY h.role;
+COMMENT ON VIEW pm.v_consumers IS
+    'Per consumer role and the relay: newest heartbeat, alive (within pm.heartbeat_timeout()), live instances, messages by outcome, events published, batches, average batch / message / publish seconds (since the processes started; Prometheus has the rates), and the gauges of the live instances (lag, oldest unprocessed message, queue depth). Read by Grafana.';
+
+-- pm.v_outbox_backlog
+-- Outbox events the relay has not published yet: how many, and the age of the oldest.
+CREATE OR REPLACE VIEW pm.v_outbox_backlog AS
+SELECT count(*) AS pending,
+       coalesce(round(extract(epoch FROM now() - min(o.created_at))::numeric, 3), 0) AS oldest_pending_seconds
+  FROM pm.outbox o
+ WHERE o.published_at IS NULL;
+COMMENT ON VIEW pm.v_outbox_backlog IS
+    'Unpublished outbox events (the relay''s backlog) and the age of the oldest in seconds (0 when none). Read by Grafana.';
+
 -- Privileges of pm_grafana: USAGE on the schema (to name its views and call the STABLE helpers they
 -- use) and SELECT on the views it reads, nothing else. A view added later is not granted
 -- implicitly: each is a decision, listed here. Skipped where the role does not exist.
@@ -83,7 +149,8 @@ BEGIN
         GRANT USAGE ON SCHEMA pm TO pm_grafana;
         GRANT SELECT ON pm.v_positions, pm.v_portfolio, pm.v_portfolio_by_asset, pm.v_snapshot_history,
                         pm.v_portfolio_history, pm.v_discrepancies, pm.v_dead_letters, pm.v_counters,
-                        pm.v_trade_statistics, pm.v_holdings
+                        pm.v_trade_statistics, pm.v_holdings, pm.v_foreign_writes, pm.v_consumers,
+                        pm.v_outbox_backlog
            TO pm_grafana;
     END IF;
 END

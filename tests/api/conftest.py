@@ -29,10 +29,11 @@ KEY_B = "key-b"
 @pytest.fixture
 def api_settings(settings):
     """Rate limits high enough never to interfere (the rate-limit tests set their own); a live
-    stream sends a heartbeat every second and ends after 3 s."""
+    stream sends a heartbeat every second and ends after 3 s; the API alone (no consumer role is
+    expected alive: the liveness tests name their roles)."""
     return settings.with_overrides(rate_limit_default=1_000_000, metrics_cache_ttl=60,
                                    rate_limit_overrides={KEY_A: 1_000_000}, stream_heartbeat=1,
-                                   stream_max_seconds=3)
+                                   stream_max_seconds=3, health_roles=())
 
 
 @pytest.fixture
@@ -86,6 +87,7 @@ def server_environ(settings, **extra: str) -> dict[str, str]:
         "POSTGRES_PASSWORD": settings.postgres_password,
         "POSITION_MANAGER_API_KEY": API_KEY,
         "POSITION_MANAGER_LOG_LEVEL": "INFO",
+        "POSITION_MANAGER_HEALTH_ROLES": "",   # the API alone: no consumer role expected alive
     })
     env.update(extra)
     return env

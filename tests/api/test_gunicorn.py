@@ -141,3 +141,37 @@ def test_serve_refuses_bad_configuration_naming_the_variable(settings, variable,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert variable in result.stderr
+
+
+def test_metrics_add_up_every_worker(start_server, settings, db, tmp_path):
+    """prometheus_client's multiprocess mode under gunicorn: whichever of the 3 workers answers a
+    scrape, it counts the requests and cache lookups of all of them; a directory given in
+    PROMETHEUS_MULTIPROC_DIR is used (and emptied at start), none given: a private one."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    fill(db, "BTCUSDT", "Buy", "1", "50000")
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    (metrics_dir / "counter_999999.db").write_bytes(b"left from an earlier run")
+    server = start_server(server_environ(settings, POSITION_MANAGER_API_WORKERS="3", POSITION_MANAGER_API_THREADS="2",
+                                         POSITION_MANAGER_RATE_LIMIT_DEFAULT="100000",
+                                         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)))
+    deadline = time.monotonic() + 30
+    while server.log().count("Booting worker") < 3:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert not (metrics_dir / "counter_999999.db").exists()
+    responses = burst(server.url + "/api/v1/portfolio", API_KEY, 60, threads=6)
+    assert all(r.status_code == 200 for r in responses)
+    worker_files = {p.name.rsplit("_", 1)[1] for p in metrics_dir.glob("*.db")}
+    assert len(worker_files) >= 2, worker_files    # more than one worker counted
+
+    for _ in range(6):   # each scrape may reach another worker: all give the same totals
+        body = requests.get(server.url + "/metrics", timeout=10).json()
+        cache = body["portfolio_cache"]
+        assert cache["hits"] + cache["misses"] == 60 and cache["misses"] >= 1
+        assert body["database_connected"] is True and body["api"]["requests"] >= 60
+        text = requests.get(server.url + "/metrics", headers={"Accept": "text/plain"}, timeout=10).text
+        counts = [s.value for f in text_string_to_metric_families(text) for s in f.samples
+                  if s.name == "pm_api_request_duration_seconds_count" and s.labels["route"] == "/api/v1/portfolio"]
+        assert counts == [60.0]

@@ -56,7 +56,7 @@ def operations(app):
 def test_document_covers_every_route(app):
     labels = {op.label for op in operations(app)}  # schemathesis leaves out the document's own path
     assert labels == {
-        "GET /health", "GET /docs", "GET /api/v1/positions", "GET /api/v1/positions/{asset}",
+        "GET /health", "GET /metrics", "GET /docs", "GET /api/v1/positions", "GET /api/v1/positions/{asset}",
         "POST /api/v1/positions/{asset}/validate", "POST /api/v1/positions/{asset}/snapshot",
         "GET /api/v1/positions/{asset}/snapshots", "GET /api/v1/portfolio", "GET /api/v1/portfolio/exposure",
         "GET /api/v1/portfolio/pnl"} | EXTRAS_OPERATIONS

@@ -82,11 +82,17 @@ def test_cache_serves_unchanged_portfolio_and_a_change_elsewhere_invalidates_it(
     other = connect(autocommit=True)  # another process: a consumer applying fills
     first = client.simulate_get("/api/v1/portfolio").json
     exposure_before = client.simulate_get("/api/v1/portfolio/exposure").json
-    # A write that bypasses the service (no change id): the cached answer is still served,
-    # which proves the cache is in use.
-    other.execute("UPDATE public.positions SET realized_pnl = realized_pnl + 1000 WHERE asset = 'BTCUSDT'")
+    # A write that even the foreign-write trigger does not see (a replication session, no version
+    # bump): the cached answer is still served, which proves the cache is in use.
+    with other.transaction():
+        other.execute("SET LOCAL session_replication_role = replica")
+        other.execute("UPDATE public.positions SET realized_pnl = realized_pnl + 1000 WHERE asset = 'BTCUSDT'")
     cached = client.simulate_get("/api/v1/portfolio").json
     assert cached == first
+    # Any other writer's change is caught and bumps a version: the very next request is fresh.
+    other.execute("UPDATE public.positions SET last_snapshot_at = now() WHERE asset = 'ETHUSDT'")
+    foreign = client.simulate_get("/api/v1/portfolio").json
+    assert Decimal(foreign["total_realized_pnl_usdt"]) == Decimal(first["total_realized_pnl_usdt"]) + 1000
     # A fill applied by another connection: the very next request sees it.
     fill(other, "BTCUSDT", "Buy", "1", "50100")
     fresh = client.simulate_get("/api/v1/portfolio").json

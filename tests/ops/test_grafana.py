@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
 import yaml
 
+from app.figures import Figures
 from tests.ops.conftest import fill, set_price
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -73,8 +75,9 @@ def panel_queries() -> list[tuple[str, str]]:
 
 @pytest.fixture
 def grafana_db(db, settings):
-    """A migrated database with fills, prices, snapshots over hours, a discrepancy and a dead letter,
-    and a connection to it as the read-only role."""
+    """A migrated database with fills, prices, snapshots over hours, a discrepancy, a foreign write, a
+    dead letter and heartbeats of the consumer roles and the relay, and a connection to it as the
+    read-only role."""
     fill(db, "BTCUSDT", "Buy", "0.5", "60000", "1.2")
     fill(db, "ETHUSDT", "Sell", "4", "3100", "0.5")
     fill(db, "SOLUSDT", "Buy", "50", "140", "0.3")
@@ -88,14 +91,36 @@ def grafana_db(db, settings):
         db.execute("UPDATE public.position_snapshots SET snapshot_timestamp = snapshot_timestamp - make_interval(hours => %s) "
                    "WHERE snapshot_timestamp > (now() AT TIME ZONE 'UTC') - interval '1 minute'", (hours_ago,))
     db.execute("SELECT pm.snapshot_all('test')")
-    db.execute("UPDATE public.positions SET size = 0.6 WHERE asset = 'BTCUSDT'")
+    db.execute("UPDATE public.positions SET size = 0.6 WHERE asset = 'BTCUSDT'")   # a foreign write
     db.execute("SELECT pm.validate_all(false, 'test')")
     db.execute("SELECT pm.record_dead_letter('order-manager.order_executed', 'invalid json', '22P02', 'm-1', "
                "'{not json', '{\"x-source-queue\": \"order-manager.order_executed\"}'::jsonb)")
+    for role, figures in role_figures().items():
+        db.execute("SELECT pm.heartbeat(%s, %s, now(), %s::jsonb)", (role, f"test:{role}", figures.as_json()))
     conn = psycopg.connect(**{**settings.conninfo(), "user": GRAFANA_ROLE, "password": GRAFANA_DEFAULT_PASSWORD},
                            autocommit=True)
     yield conn
     conn.close()
+
+
+def role_figures() -> dict[str, Figures]:
+    """What the consumer roles and the relay write with their heartbeats (app/figures.py)."""
+    order, position, relay = Figures(), Figures(), Figures()
+    for status, n in (("applied", 40), ("duplicate", 2), ("invalid", 1)):
+        order.inc("messages", status, n)
+    for seconds in (0.004, 0.006):
+        order.observe("batch_seconds", seconds)
+        order.observe("message_seconds", seconds * 2)
+    order.gauge("lag_seconds", 1.5)
+    order.gauge("oldest_unprocessed_seconds", 0.0)
+    order.gauge("queue_depth", 7)
+    position.inc("messages", "ignored", 3)
+    position.observe("batch_seconds", 0.002)
+    position.gauge("lag_seconds", None)   # no event time in the messages: not measurable
+    position.gauge("queue_depth", 0)
+    relay.inc("published", "position_updated", 42)
+    relay.observe("publish_seconds", 0.02)
+    return {"order": order, "position": position, "relay": relay}
 
 
 def _variables(conn) -> dict[str, list[str]]:
@@ -135,6 +160,31 @@ def test_main_panels_show_the_expected_figures(grafana_db):
     discrepancies = grafana_db.execute(expand(queries["Validation discrepancies"], now - timedelta(hours=1),
                                               now + timedelta(minutes=5), "1m", {})).fetchall()
     assert any(r[1] == "BTCUSDT" and r[3] == "size" for r in discrepancies)
+    assert all(r[3] != "foreign_write" for r in discrepancies)   # they have panels of their own
+
+
+def test_operations_panels_show_consumers_outbox_and_foreign_writes(grafana_db, db):
+    now = datetime.now(timezone.utc)
+    queries = dict(panel_queries())
+    pending = db.execute("SELECT count(*) FROM pm.outbox WHERE published_at IS NULL").fetchone()[0]
+    backlog = grafana_db.execute(queries["Outbox backlog"]).fetchone()
+    assert backlog[0] == pending > 0 and backlog[1] > 0
+    lag = {r[0]: r[1:] for r in grafana_db.execute(queries["Consumer lag"]).fetchall()}
+    assert lag == {"order": (Decimal("1.5"), Decimal("0"), 7), "position": (None, None, 0)}
+    times = {r[0]: r[1:] for r in grafana_db.execute(queries["Processing time"]).fetchall()}
+    assert times["order"][:2] == (Decimal("0.005"), Decimal("0.01")) and times["relay"][2] == Decimal("0.02")
+    consumers = {r[0]: r for r in grafana_db.execute(queries["Consumers"]).fetchall()}
+    assert consumers["order"][1] is True and consumers["order"][4:10] == (40, 2, 0, 0, 1, 0)
+    assert consumers["relay"][10] == 42
+    writes = grafana_db.execute(expand(queries["Foreign writes"], now - timedelta(hours=1),
+                                       now + timedelta(minutes=5), "1m", {})).fetchall()
+    (write,) = [w for w in writes if w[1] == "BTCUSDT"]
+    assert write[3:5] == ("update", db.info.user) and (write[6], write[7]) == (Decimal("0.5"), Decimal("0.6"))
+    assert write[10] == "size"
+    # a role that stops beating is shown as not alive
+    db.execute("UPDATE pm.heartbeats SET beat_at = now() - interval '1 hour' WHERE role = 'position'")
+    consumers = {r[0]: r for r in grafana_db.execute(queries["Consumers"]).fetchall()}
+    assert consumers["position"][1] is False and consumers["order"][1] is True
 
 
 def test_time_filter_excludes_rows_outside_the_range(grafana_db):
@@ -176,7 +226,8 @@ def test_dashboard_shape():
     titles = {p["title"] for p in dash["panels"]}
     for required in ["Total exposure", "Net exposure", "Unrealized PnL", "Realized PnL", "Exposure by asset",
                      "PnL by asset", "Position size distribution", "Time held", "Portfolio history (snapshots)",
-                     "Validation discrepancies", "Dead letters"]:
+                     "Validation discrepancies", "Dead letters", "Dead letters over time", "Outbox backlog",
+                     "Consumer lag", "Processing time", "Consumers", "Foreign writes over time", "Foreign writes"]:
         assert required in titles
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
