@@ -143,9 +143,12 @@ def test_dev_runs_everything_with_demo_and_ctrl_c_stops_it(dev_env):
         run.wait_for_line(r"consumers and outbox relay started")
         run.wait_for_line(r"^dev: running \(API, consumers, relay\)")
         run.remember_descendants()
-        status, health = run.get("/health")
-        assert status == 200 and health["database_connected"] is True and health["queue_connected"] is True
-        assert health["status"] == "healthy"
+        deadline = time.monotonic() + 30   # every consumer role and the relay has written a heartbeat
+        while (health := run.get("/health")[1])["status"] != "healthy" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert health["database_connected"] is True and health["queue_connected"] is True
+        assert health["status"] == "healthy", health
+        assert set(health["consumers"]) == {"order", "position", "relay"}
         _assert_demo_visible(run, key)
         assert run.get("/api/v1/positions")[0] == 401  # the key is really required
         commands = [" ".join(p.cmdline()) for p in run.alive_descendants()]
