@@ -32,11 +32,10 @@ SELECT ids.a[1 + g %% array_length(ids.a, 1)], 'hist-' || g, 'trade', 'order_exe
        (SELECT array_agg(id ORDER BY asset) AS a FROM public.positions) ids
 
 -- name: sql_without_foreign_write_detection
--- The comparison database of the fill path without foreign-write detection: the triggers of
+-- The comparison database of the fill path without foreign-write detection: the trigger of
 -- public.positions dropped and the own-write marker a no-op (what a fill cost before them).
 DO $$
 BEGIN
-    DROP TRIGGER IF EXISTS positions_foreign_version ON public.positions;
     DROP TRIGGER IF EXISTS positions_foreign_write ON public.positions;
     CREATE OR REPLACE FUNCTION pm.own_writes(p_on boolean) RETURNS text LANGUAGE sql VOLATILE AS 'SELECT ''''::text';
 END

@@ -1,7 +1,6 @@
 -- Rollback of 0065_foreign_writes: the trigger (normally gone with the code layer already) and the
 -- columns that record a foreign write.
 DROP TRIGGER IF EXISTS positions_foreign_write ON public.positions;
-DROP TRIGGER IF EXISTS positions_foreign_version ON public.positions;
 ALTER TABLE pm.discrepancies DROP COLUMN IF EXISTS row_after;
 ALTER TABLE pm.discrepancies DROP COLUMN IF EXISTS row_before;
 ALTER TABLE pm.discrepancies DROP COLUMN IF EXISTS application_name;

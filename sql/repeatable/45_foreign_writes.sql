@@ -20,18 +20,6 @@ $$;
 COMMENT ON FUNCTION pm.own_writes(boolean) IS
     'pm.own_writes(on) -> the marker: with true, the transaction-local setting pm.writer is set to the current transaction id, so that the foreign-write triggers of public.positions let the next statements pass as this service''s own; with false it is cleared. Every writer of positions in sql/ calls it around its statement (set, write, clear); an error rolls the setting back with the (sub)transaction. A value left from another transaction never matches.';
 
--- pm.foreign_write_version() -> trigger
--- BEFORE UPDATE of a position by a foreign writer: bumps the version (a statement that changes nothing keeps it).
-CREATE OR REPLACE FUNCTION pm.foreign_write_version() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.version := greatest(coalesce(NEW.version, 0), coalesce(OLD.version, 0) + 1);
-    RETURN NEW;
-END
-$$;
-COMMENT ON FUNCTION pm.foreign_write_version() IS
-    'Trigger (BEFORE UPDATE of public.positions, only when the statement is not marked by pm.own_writes and changes the row): the version becomes at least the old one + 1, so that caches keyed on versions (the portfolio fingerprint, ETags) see the change.';
-
 -- pm.record_foreign_write() -> trigger
 -- AFTER a foreign INSERT/UPDATE/DELETE of a position: discrepancy, counter, opening of the ledger, outbox event.
 CREATE OR REPLACE FUNCTION pm.record_foreign_write() RETURNS trigger
@@ -43,13 +31,26 @@ DECLARE
     v_before jsonb;
     v_after jsonb;
     v_changed jsonb;
+    v_row public.positions;
     st pm.pos_state;
 BEGIN
     IF TG_OP = 'UPDATE' AND OLD IS NOT DISTINCT FROM NEW THEN
         RETURN NULL;   -- a statement that changed nothing
     END IF;
+    IF TG_OP = 'UPDATE' THEN
+        -- the version moves on, so that caches keyed on versions (the portfolio fingerprint, ETags,
+        -- If-Match) see the change; done here, as our own write, rather than in a BEFORE trigger,
+        -- which would cost every write of ours a lock of the row it updates
+        PERFORM pm.own_writes(true);
+        UPDATE public.positions p SET version = greatest(coalesce(NEW.version, 0), coalesce(OLD.version, 0) + 1)
+         WHERE p.id = NEW.id
+        RETURNING * INTO v_row;
+        PERFORM pm.own_writes(false);
+    ELSIF TG_OP = 'INSERT' THEN
+        v_row := NEW;
+    END IF;
     IF TG_OP <> 'INSERT' THEN v_before := to_jsonb(OLD); END IF;
-    IF TG_OP <> 'DELETE' THEN v_after := to_jsonb(NEW); END IF;
+    IF TG_OP <> 'DELETE' THEN v_after := to_jsonb(v_row); END IF;
     SELECT coalesce(jsonb_agg(coalesce(a.key, b.key) ORDER BY coalesce(a.key, b.key)), '[]'::jsonb) INTO v_changed
       FROM jsonb_each(coalesce(v_after, '{}'::jsonb)) a
       FULL JOIN jsonb_each(coalesce(v_before, '{}'::jsonb)) b ON b.key = a.key
@@ -57,8 +58,7 @@ BEGIN
 
     INSERT INTO pm.discrepancies (position_id, asset, mode, field, stored_value, expected_value, source, detected_by,
                                   fixed, writer_role, application_name, row_before, row_after)
-    VALUES (CASE WHEN TG_OP <> 'DELETE' THEN (v_after ->> 'id')::uuid END,   -- (a deleted row cannot be referenced)
-            coalesce(v_after, v_before) ->> 'asset', coalesce(v_after, v_before) ->> 'mode', 'foreign_write',
+    VALUES ((coalesce(v_after, v_before) ->> 'id')::uuid, coalesce(v_after, v_before) ->> 'asset', coalesce(v_after, v_before) ->> 'mode', 'foreign_write',
             pm.dec((v_after ->> 'size')::numeric), pm.dec((v_before ->> 'size')::numeric), 'foreign_write', 'trigger',
             false, v_role, v_app, v_before, v_after);
     PERFORM pm.bump('foreign_writes');
@@ -78,20 +78,17 @@ BEGIN
     END IF;
 
     INSERT INTO pm.outbox (event_type, position_id, asset, mode, version, source, action, actor, detail, image)
-    VALUES ('position_updated', NEW.id, NEW.asset, NEW.mode, NEW.version, 'foreign_write', lower(TG_OP), v_role,
-            jsonb_build_object('application_name', v_app, 'changed', v_changed), pm.image_of(NEW));
+    VALUES ('position_updated', v_row.id, v_row.asset, v_row.mode, v_row.version, 'foreign_write', lower(TG_OP), v_role,
+            jsonb_build_object('application_name', v_app, 'changed', v_changed), pm.image_of(v_row));
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION pm.record_foreign_write() IS
-    'Trigger (AFTER INSERT/UPDATE/DELETE of public.positions, only when the statement is not marked by pm.own_writes): a change that did not come through this service''s functions. Appends a pm.discrepancies row (field and source foreign_write, detected_by trigger, stored = size after, expected = size before, writer_role, application_name, row_before, row_after), counts foreign_writes; for an insert or update also opens the ledger of a position that has none (opening balance = the row before the change, flat for an insert) and appends a position_updated outbox row (source foreign_write, action insert|update, actor = the writing role, detail {application_name, changed: [columns]}). A delete is recorded and counted only (no event). SECURITY DEFINER: a writer with privileges on public.positions alone is recorded too. A statement that changes nothing is ignored.';
+    'Trigger (AFTER INSERT/UPDATE/DELETE of public.positions, only when the statement is not marked by pm.own_writes): a change that did not come through this service''s functions. An update bumps the version to at least the old one + 1 (an UPDATE of its own, marked). Appends a pm.discrepancies row (field and source foreign_write, detected_by trigger, stored = size after, expected = size before, writer_role, application_name, row_before, row_after), counts foreign_writes; for an insert or update also opens the ledger of a position that has none (opening balance = the row before the change, flat for an insert) and appends a position_updated outbox row (source foreign_write, action insert|update, actor = the writing role, detail {application_name, changed: [columns]}). A delete is recorded (under the deleted row''s id) and counted only (no event). SECURITY DEFINER: a writer with privileges on public.positions alone is recorded too. A statement that changes nothing is ignored.';
 
--- The triggers. WHEN is evaluated before any function is called, so our own (marked) statements
--- pay one comparison per row and nothing else.
-DROP TRIGGER IF EXISTS positions_foreign_version ON public.positions;
-CREATE TRIGGER positions_foreign_version BEFORE UPDATE ON public.positions FOR EACH ROW
-    WHEN (current_setting('pm.writer', true) IS DISTINCT FROM pg_current_xact_id()::text AND OLD.* IS DISTINCT FROM NEW.*)
-    EXECUTE FUNCTION pm.foreign_write_version();
+-- The trigger. WHEN is evaluated before the function would be called, so our own (marked)
+-- statements pay one comparison per row and call nothing. (One AFTER trigger only: a BEFORE UPDATE
+-- row trigger, whatever its WHEN, makes every update lock the row it updates once more.)
 DROP TRIGGER IF EXISTS positions_foreign_write ON public.positions;
 CREATE TRIGGER positions_foreign_write AFTER INSERT OR UPDATE OR DELETE ON public.positions FOR EACH ROW
     WHEN (current_setting('pm.writer', true) IS DISTINCT FROM pg_current_xact_id()::text)

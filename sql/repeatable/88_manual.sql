@@ -360,7 +360,9 @@ BEGIN
     -- the exchange's last report belongs to this row; a new row of the asset starts without one
     DELETE FROM pm.exchange_state x WHERE x.position_id = pos.id;
     -- cascades to its snapshots (archived above) and its metadata (in the archived Position)
+    PERFORM pm.own_writes(true);
     DELETE FROM public.positions p WHERE p.id = pos.id;
+    PERFORM pm.own_writes(false);
     PERFORM pm.bump('positions_deleted');
 
     SELECT count(*) INTO v_ledger FROM pm.executions x WHERE x.position_id = pos.id;

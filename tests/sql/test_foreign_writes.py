@@ -192,6 +192,10 @@ def test_our_own_writers_are_not_foreign(db):
          expected_version=None, trace=None, actor="test")
     call(db, "extras_close_position", asset="SOLUSDT", mode="one-way", exit_price=None, expected_version=None,
          trace=None, actor="test")
+    call(db, "extras_delete_position", asset="SOLUSDT", mode="one-way", expected_version=None, trace=None, actor="test")
+    call(db, "extras_open_position", body=json.dumps({"asset": "SOLUSDT", "side": "short", "quantity": "2",
+                                                      "entry_price": "12"}), trace=None, actor="test")
+    assert position(db, "SOLUSDT")["size"] == -2
     assert db.execute("SELECT count(*) FROM pm.outbox WHERE source = 'foreign_write'").fetchone()[0] == 0
     assert foreign_rows(db) == [] and foreign_count(db) == 0
 
@@ -227,7 +231,7 @@ def test_a_foreign_delete_is_recorded_and_counted(db):
     events = len(outbox_rows(db))
     db.execute("DELETE FROM public.positions WHERE id = %s", (pos["id"],))
     (rec,) = foreign_rows(db)
-    assert rec["position_id"] is None and rec["row_after"] is None and rec["row_before"]["id"] == str(pos["id"])
+    assert rec["position_id"] == pos["id"] and rec["row_after"] is None and rec["row_before"]["id"] == str(pos["id"])
     assert rec["expected_value"] == "1" and foreign_count(db) == 1
     assert len(outbox_rows(db)) == events      # nothing to publish for a row that is gone
 
