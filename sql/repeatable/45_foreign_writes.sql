@@ -1,7 +1,7 @@
 -- Foreign writers: public.positions is a shared table, and another service (a client with the
 -- table's privileges, psql) can change a row behind this service's back. Every statement of ours
--- that writes positions is marked (pm.own_writes, around the statement); triggers catch every other
--- change of a row, whatever the client, and make it visible: counted (pm.counters foreign_writes),
+-- that writes positions is marked (pm.own_writes, around the statement); a trigger catches every
+-- other change of a row, whatever the client, and makes it visible: counted (pm.counters foreign_writes),
 -- recorded with the writer and the row before and after (pm.discrepancies, field foreign_write),
 -- version bumped and a position_updated event in the outbox (caches and subscribers see it). The
 -- ledger is not touched, so validation sees the difference and --fix restores the ledger's state.
@@ -18,7 +18,7 @@ LANGUAGE sql VOLATILE AS $$
     SELECT set_config('pm.writer', CASE WHEN p_on THEN pg_current_xact_id()::text ELSE '' END, true)
 $$;
 COMMENT ON FUNCTION pm.own_writes(boolean) IS
-    'pm.own_writes(on) -> the marker: with true, the transaction-local setting pm.writer is set to the current transaction id, so that the foreign-write triggers of public.positions let the next statements pass as this service''s own; with false it is cleared. Every writer of positions in sql/ calls it around its statement (set, write, clear); an error rolls the setting back with the (sub)transaction. A value left from another transaction never matches.';
+    'pm.own_writes(on) -> the marker: with true, the transaction-local setting pm.writer is set to the current transaction id, so that the foreign-write trigger of public.positions lets the next statements pass as this service''s own; with false it is cleared. Every writer of positions in sql/ calls it around its statement (set, write, clear); an error rolls the setting back with the (sub)transaction. A value left from another transaction never matches.';
 
 -- pm.record_foreign_write() -> trigger
 -- AFTER a foreign INSERT/UPDATE/DELETE of a position: discrepancy, counter, opening of the ledger, outbox event.
@@ -58,9 +58,9 @@ BEGIN
 
     INSERT INTO pm.discrepancies (position_id, asset, mode, field, stored_value, expected_value, source, detected_by,
                                   fixed, writer_role, application_name, row_before, row_after)
-    VALUES ((coalesce(v_after, v_before) ->> 'id')::uuid, coalesce(v_after, v_before) ->> 'asset', coalesce(v_after, v_before) ->> 'mode', 'foreign_write',
-            pm.dec((v_after ->> 'size')::numeric), pm.dec((v_before ->> 'size')::numeric), 'foreign_write', 'trigger',
-            false, v_role, v_app, v_before, v_after);
+    VALUES ((coalesce(v_after, v_before) ->> 'id')::uuid, coalesce(v_after, v_before) ->> 'asset',
+            coalesce(v_after, v_before) ->> 'mode', 'foreign_write', pm.dec((v_after ->> 'size')::numeric),
+            pm.dec((v_before ->> 'size')::numeric), 'foreign_write', 'trigger', false, v_role, v_app, v_before, v_after);
     PERFORM pm.bump('foreign_writes');
     IF TG_OP = 'DELETE' THEN
         RETURN NULL;
