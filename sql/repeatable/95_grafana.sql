@@ -53,10 +53,10 @@ COMMENT ON VIEW pm.v_portfolio_history IS
 -- Every discrepancy recorded, with whether it was fixed.
 CREATE OR REPLACE VIEW pm.v_discrepancies AS
 SELECT d.id, d.detected_at, d.position_id, d.asset, d.mode, d.field, d.stored_value, d.expected_value,
-       d.source, d.detected_by, d.fixed, d.trace_id, d.writer_role, d.application_name
+       d.source, d.detected_by, d.fixed, d.trace_id
   FROM pm.discrepancies d;
 COMMENT ON VIEW pm.v_discrepancies IS
-    'Every discrepancy recorded (exchange stream, validation, foreign writes), with whether it was fixed; writer_role and application_name for foreign writes. Read by Grafana.';
+    'Every discrepancy recorded (exchange stream, validation, foreign writes: their writer is in pm.v_foreign_writes), with whether it was fixed. Read by Grafana.';
 
 -- pm.v_foreign_writes
 -- Every change of a position by a writer other than this service (pm.record_foreign_write).
