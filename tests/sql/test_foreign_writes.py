@@ -244,3 +244,23 @@ def test_health_counts_foreign_writes_of_the_last_day(db):
                "WHERE id = (SELECT min(id) FROM pm.discrepancies)")
     health = db.execute("SELECT pm.health()").fetchone()[0]
     assert health["foreign_writes_24h"] == 1 and health["counters"]["foreign_writes"] == 2
+
+
+def test_every_statement_of_ours_that_writes_positions_is_marked():
+    """A writer of positions added to sql/repeatable/ without pm.own_writes around it would be taken
+    for a foreign writer (counted, recorded, version bumped twice): the code files say so here."""
+    from pathlib import Path
+    import re
+
+    write = re.compile(r"\b(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+public\.positions\b", re.IGNORECASE)
+    unmarked = []
+    for path in sorted((Path(__file__).resolve().parents[2] / "sql" / "repeatable").glob("*.sql")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            if write.search(line.split("--")[0]):
+                start = max(j for j in range(i + 1) if lines[j].startswith("CREATE OR REPLACE FUNCTION"))
+                end = min(j for j in range(i, len(lines)) if lines[j].startswith("$$"))
+                before, after = "\n".join(lines[start:i]), "\n".join(lines[i:end])
+                if "own_writes(true)" not in before or "own_writes(false)" not in after:
+                    unmarked.append(f"{path.name}:{i + 1}")
+    assert unmarked == []
