@@ -2,7 +2,8 @@
 position events, exactly as those services build and publish them (tests/ytrader.py), go through
 the real consumers on RabbitMQ; then every client reads our answers the way its code does:
 order-manager's Position and exposure models, model-service's REST reads and its
-position_updated consumer, Grafana's Infinity panels and SQL panels. Real gunicorn, PostgreSQL
+position_updated consumer, Grafana's Infinity panels (/health, /metrics, the portfolio) and SQL
+panels. Real gunicorn, PostgreSQL
 and RabbitMQ; only ws-gateway's subscription API is a fake."""
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def stack(pipe, start_server, settings):
         pipe.mq.channel().queue_declare(pipe.settings.position_updated_queue, durable=True)
         for role in ("order", "position", "relay"):
             pipe.start(role, **ws_env)
-        api = start_server(server_environ(settings, **ws_env))
+        # the whole service: every consumer role is expected alive (the default)
+        api = start_server(server_environ(settings, POSITION_MANAGER_HEALTH_ROLES="order,position,relay", **ws_env))
         keys = {"order-manager": create_key(settings, "order-manager", "read", 1200),
                 "model-service": create_key(settings, "model-service", "read", 6),
                 "grafana": create_key(settings, "grafana", "read", 600)}
@@ -151,6 +153,8 @@ def test_the_trading_stack_end_to_end(stack):
     assert (body["service"], body["status"], body["database_connected"], body["queue_connected"]) == (
         "position-manager", "healthy", True, True)
     assert body["positions_count"] == 3 and body["ws_gateway"]["subscribed"] is True
+    assert {role: c["alive"] for role, c in body["consumers"].items()} == {"order": True, "position": True, "relay": True}
+    assert body["counters"]["foreign_writes"] == 0 and body["counters"]["order_events_without_price"] == 0
     assert stack.ws.requests and stack.ws.requests[0]["headers"]["X-API-Key"] == "ws-key"
     portfolio = stack.get("grafana", "/api/v1/portfolio", include_positions="true").json()
     check_representation(portfolio)
@@ -158,6 +162,11 @@ def test_the_trading_stack_end_to_end(stack):
                                                        "total_realized_pnl_usdt", "portfolio_value_usdt")}
     assert panel["total_exposure_usdt"] == float(exposure["total_exposure_usdt"])
     assert portfolio["open_positions_count"] == 3 and len(portfolio["positions"]) == 3
+    metrics = stack.get("", "/metrics")                 # "Position Manager Metrics": JSON, no key
+    assert metrics.status_code == 200 and metrics.headers["Content-Type"].startswith("application/json")
+    row = metrics.json()
+    assert row["timestamp"].endswith("Z") and row["database_connected"] is True and row["queue_connected"] is True
+    assert 0 <= float(row["portfolio_cache_hit_rate"]) <= 1     # a number once the portfolio was read
     pnl = stack.get("grafana", "/api/v1/portfolio/pnl").json()
     assert float(pnl["total_unrealized_pnl_usdt"]) == panel["total_unrealized_pnl_usdt"]
     rows = pipe.db.execute("SELECT id, asset, size, mode, closed_at, realized_pnl, unrealized_pnl, average_entry_price, "
