@@ -81,6 +81,10 @@ BEGIN
 END
 $$
 
+-- name: migrate_grafana_access
+-- How Grafana reaches the read-only role pm_grafana: granted to the operator's login role, and/or a password.
+SELECT pm.grafana_access(%(login_role)s, %(password)s)
+
 -- ===== Operations: the cron-style jobs of jobs/ (bin/snapshot, bin/cleanup-snapshots, ...) =====
 
 -- name: job_try_lock
@@ -111,9 +115,11 @@ SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 -- API (app/api/): the REST API. Results that go out as they are come back as text,
 -- so Python never parses and re-serialises a Position.
 
--- name: api_rate_limit_hit
--- One request of an API key (SHA-256 hex) in the current 60 s window; exact across workers/hosts.
-SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%(key_hash)s, %(limit)s)
+-- name: api_admit
+-- Admission of a request: a stored key looked up (scope NULL) or one vouched for by the API, its
+-- scope against the route's, then one token of its rate limit (when limited); one round trip.
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after
+  FROM pm.api_admit(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s)
 
 -- name: api_get_position
 -- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when
@@ -121,6 +127,21 @@ SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%(key_hash)s, %(limit
 SELECT p::text AS body, (p ->> 'version')::integer AS version
   FROM pm.position_key(%(asset)s, %(mode)s) k, pm.get_position(k.asset, k.mode) p
  WHERE p IS NOT NULL
+
+-- name: api_read_position
+-- GET /api/v1/positions/{asset}: admission (as api_admit) and the read of one Position in one round
+-- trip; version NULL when there is no such position, body NULL too when it is the known version.
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, body, version
+  FROM pm.api_read_position(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
+                            %(asset)s, %(mode)s, %(known_version)s)
+
+-- name: api_live_key_digests
+-- bin/serve at start: the digests of the live stored keys (overrides that match none are warned about).
+SELECT key_hash FROM pm.api_keys WHERE revoked_at IS NULL
+
+-- name: api_client_addr
+-- The client address of an API write, for the audit trail (pm.write_state reads it); transaction-local.
+SELECT set_config('pm.client_addr', %(addr)s, true)
 
 -- name: api_list_positions
 -- GET /api/v1/positions: filters and pagination, {"positions", "count", "total"} as JSON text.
@@ -292,6 +313,10 @@ SELECT pm.api_key_list(%(include_revoked)s)
 -- name: extras_api_key_revoke
 -- bin/api-keys revoke NAME
 SELECT pm.api_key_revoke(%(name)s)
+
+-- name: extras_stream_slot
+-- One of the key's live-stream slots for this connection (NULL: the key holds all of them already).
+SELECT pm.stream_take_slot(%(key_hash)s, %(cap)s)
 
 -- name: extras_stream_listen
 -- The live stream's wake-up: the outbox insert trigger notifies pm_outbox at commit.

@@ -135,7 +135,8 @@ def _host(raw: str) -> str:
 
 
 def parse_overrides(raw: str) -> dict[str, int]:
-    """`key:limit,key:limit` -> {key: limit}."""
+    """`key:limit,key:limit` -> {key: limit}: limits of keys that are accepted by other means
+    (POSITION_MANAGER_API_KEY or a key of bin/api-keys); an override alone accepts nothing."""
     result: dict[str, int] = {}
     for item in raw.split(","):
         item = item.strip()
@@ -223,6 +224,17 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("heartbeat_interval", "POSITION_MANAGER_HEARTBEAT_INTERVAL", "5", _pos_decimal),
     ("heartbeat_timeout", "POSITION_MANAGER_HEARTBEAT_TIMEOUT", "30", _pos_decimal),
     ("health_roles", "POSITION_MANAGER_HEALTH_ROLES", ",".join(ROLES), _roles),
+    # Live streams one key (or token subject) may hold open at once, over every worker and instance.
+    ("stream_max_per_key", "POSITION_MANAGER_STREAM_MAX_PER_KEY", "4", _pos_int),
+    # Optional bearer tokens (HS256) beside X-API-Key; empty = off (app/api/auth.py).
+    ("jwt_secret", "POSITION_MANAGER_JWT_SECRET", "", _str),
+    # Largest request body the API reads (bytes); a longer one is answered 413 unread.
+    ("max_body_bytes", "POSITION_MANAGER_MAX_BODY_BYTES", "262144", _pos_int),
+    # bin/migrate only: how Grafana reaches the read-only role pm_grafana (NOLOGIN by default):
+    # a login role of the operator's that is granted pm_grafana, and/or a password that lets
+    # pm_grafana itself log in (docs/security.md).
+    ("grafana_login_role", "POSITION_MANAGER_GRAFANA_LOGIN_ROLE", "", _str),
+    ("grafana_password", "POSITION_MANAGER_GRAFANA_PASSWORD", "", _str),
 ]
 
 VARIABLE_NAMES = [name for _, name, _, _ in _VARIABLES]
@@ -285,6 +297,11 @@ class Settings:
     heartbeat_interval: Decimal
     heartbeat_timeout: Decimal
     health_roles: tuple[str, ...]
+    stream_max_per_key: int
+    jwt_secret: str
+    max_body_bytes: int
+    grafana_login_role: str
+    grafana_password: str
 
     def sql_options(self) -> str:
         """libpq `options`: the custom settings the SQL functions read (see sql/ pm.setting())."""
@@ -320,12 +337,9 @@ class Settings:
             return None
         return f"http://{self.ws_gateway_host}:{self.ws_gateway_port}/api/v1/subscriptions"
 
-    def valid_api_keys(self) -> dict[str, int]:
-        """Every accepted key with its requests/minute limit."""
-        keys = {k: v for k, v in self.rate_limit_overrides.items()}
-        if self.api_key:
-            keys.setdefault(self.api_key, self.rate_limit_default)
-        return keys
+    def api_key_limit(self) -> int:
+        """Requests/minute of POSITION_MANAGER_API_KEY: its override, else the default."""
+        return self.rate_limit_overrides.get(self.api_key, self.rate_limit_default)
 
     def with_overrides(self, **changes: Any) -> "Settings":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -354,11 +368,43 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     return Settings(**values)
 
 
+# A secret shorter than this is refused: a generated key (bin/api-keys, bin/dev) is far longer.
+SECRET_MIN_LENGTH = 24
+# Words of sample values: a secret containing one (after dropping case and punctuation) is one a
+# reader copied from an example, not one made for this deployment.
+_PLACEHOLDER_WORDS = ("changeme", "yourapikey", "yourkey", "yoursecret", "apikeyhere", "secrethere",
+                      "placeholder", "replaceme", "example", "insertkey", "xxxxxx", "123456", "password")
+
+
+def secret_problem(value: str, min_length: int = SECRET_MIN_LENGTH) -> str | None:
+    """Why a configured secret cannot be used (None when it can): empty, a known placeholder
+    ("change-me" and the like), shorter than min_length, or too few different characters. The
+    reason never repeats the value."""
+    if not value.strip():
+        return "is empty"
+    folded = "".join(ch for ch in value.lower() if ch.isalnum())
+    if any(word in folded for word in _PLACEHOLDER_WORDS):
+        return "is a placeholder from an example, not a secret"
+    if len(value) < min_length:
+        return f"is shorter than {min_length} characters"
+    if len(set(value)) < 8:
+        return "has fewer than 8 different characters"
+    return None
+
+
 def require_api_keys(settings: Settings) -> Settings:
-    """The API needs at least one environment key (the other processes need none)."""
-    if not settings.valid_api_keys():
-        raise ConfigError("POSITION_MANAGER_API_KEY is required but not set (or name keys in "
-                          "POSITION_MANAGER_RATE_LIMIT_OVERRIDES)")
+    """The API refuses to start without a usable POSITION_MANAGER_API_KEY (and, when set, a usable
+    POSITION_MANAGER_JWT_SECRET); the other processes need neither."""
+    problem = secret_problem(settings.api_key)
+    if problem:
+        raise ConfigError(f"POSITION_MANAGER_API_KEY {problem}; set a random key of at least "
+                          f"{SECRET_MIN_LENGTH} characters (e.g. python3 -c 'import secrets; "
+                          "print(secrets.token_urlsafe(32))'); bin/dev makes one for development")
+    if settings.jwt_secret:
+        problem = secret_problem(settings.jwt_secret, 32)
+        if problem:
+            raise ConfigError(f"POSITION_MANAGER_JWT_SECRET {problem}; an HS256 secret needs at least 32 random "
+                              "characters (or leave it empty: no bearer tokens)")
     return settings
 
 

@@ -34,12 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psycopg  # noqa: E402
 import requests  # noqa: E402
 
+from app.api.keys import new_key  # noqa: E402
 from app.db import q  # noqa: E402
 from app.settings import load  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import figure  # noqa: E402
 
-API_KEY = "bench-key"
+API_KEY = new_key()   # the API refuses short or placeholder keys
 
 
 def percentile(values: list[float], p: float) -> float:

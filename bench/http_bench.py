@@ -2,10 +2,12 @@
 """HTTP benchmark of the REST API under gunicorn: requests/s, latency and server CPU per request.
 
 A fresh database with N open positions (default 500, loaded through pm.apply_order_event and
-priced through pm.set_prices), bin/serve with auth and the shared rate limit ON (limits set out of
-reach), and for each endpoint requests/s and p50/p99 latency at 1 and 8 persistent connections,
-beside GET /bench/select1: the reference, one `SELECT 1` through the same middleware (auth, rate
-limit) and pool, enabled by POSITION_MANAGER_BENCH_REFERENCE=1.
+priced through pm.set_prices), bin/serve with auth and the shared rate limit ON (a limit out of
+reach, so every request takes a token of the bucket in PostgreSQL), and for each endpoint
+requests/s and p50/p99 latency at 1 and 8 persistent connections, beside GET /bench/select1: the
+reference, one `SELECT 1` through the same middleware and pool (key check, no rate limit: the least
+a request can cost), enabled by POSITION_MANAGER_BENCH_REFERENCE=1. So an endpoint's share of the
+reference includes what its rate limit costs.
 
     bench/run http                 # ~2 minutes
     bench/run http --rounds 5 --duration 5 --workers 4 --threads 4
@@ -38,12 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
+from app.api.keys import new_key  # noqa: E402
 from app.db import q  # noqa: E402
 from app.settings import load  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import figure, reference  # noqa: E402
 
-API_KEY = "bench-key"
+API_KEY = new_key()   # a fresh random key per run (the API refuses short or placeholder keys)
 ENDPOINTS = [
     ("SELECT 1 (reference)", "/bench/select1"),
     ("/api/v1/positions/{asset}", "/api/v1/positions/{asset}"),      # one of the open positions

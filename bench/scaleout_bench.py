@@ -37,13 +37,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psycopg  # noqa: E402
 
+from app.api.keys import new_key  # noqa: E402
 from app import db as appdb  # noqa: E402
 from app import settings as settings_mod  # noqa: E402
 from bench import common  # noqa: E402
 from bench.common import figure, percentiles, q, reference  # noqa: E402
 
 ASSETS = [f"X{i:03d}USDT" for i in range(100)]
-API_KEY = "scaleout-bench-key"
+API_KEY = new_key()   # the API refuses short or placeholder keys
 
 
 def env_for(settings, prefix: str, **extra: str) -> dict[str, str]:

@@ -49,6 +49,7 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.api.keys import new_key  # noqa: E402
 from app import broker  # noqa: E402
 from app import db as appdb  # noqa: E402
 from app import settings as settings_mod  # noqa: E402
@@ -57,7 +58,7 @@ from bench.common import ROOT, PrivatePostgres, PrivateRabbit, Service, figure, 
 from bench.soak_traffic import ORDER_QUEUE, POSITION_QUEUE, Message, Traffic, fold, fold_hedge  # noqa: E402
 from jobs import migrate  # noqa: E402
 
-API_KEY = "soak-key"
+API_KEY = new_key()   # the API refuses short or placeholder keys
 # the RabbitMQ restart is the slowest (10-15 s on a busy machine): last, so the others stay on schedule
 FAULT_KINDS = ("consumer_kill", "relay_kill", "api_worker_kill", "postgres_restart", "rabbitmq_restart")
 PG_GRACE = 15.0        # seconds after PostgreSQL is back during which a 503 is still expected

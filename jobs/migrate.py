@@ -7,7 +7,9 @@ One upgrade is ONE transaction (docs/migrations.md):
      it applied in pm._yoyo_migration; each runs under a savepoint of the one transaction);
   3. the repeatable files sql/repeatable/*.sql whose content changed (all of them when a numbered
      migration was applied), in name order; their checksums go to pm.schema_code;
-  4. COMMIT. Any error rolls everything back: the database stays exactly as it was.
+  4. with POSITION_MANAGER_GRAFANA_LOGIN_ROLE / _PASSWORD set: how Grafana reaches the read-only
+     role pm_grafana (granted to that login role / its password), pm.grafana_access;
+  5. COMMIT. Any error rolls everything back: the database stays exactly as it was.
 
 `--check` changes nothing: it says whether the database is behind this code (exit 1) or not (0).
 yoyo's own bookkeeping tables live in schema pm, like everything else of ours.
@@ -27,7 +29,7 @@ from yoyo import get_backend, read_migrations
 
 from app import logs, schema
 from app.db import q
-from app.settings import ConfigError, Settings, load
+from app.settings import ConfigError, Settings, load, secret_problem
 
 SQL_DIR = schema.SQL_DIR
 EXIT_BEHIND = 1
@@ -128,6 +130,11 @@ def apply(settings: Settings, dbname: str | None = None, lock_timeout: float = 6
                 cur.execute(q("migrate_record_code"), {"file": code.name, "checksum": code.checksum})
             if changed or pending:
                 cur.execute(q("migrate_forget_code"), {"files": [f.name for f in files]})
+            if settings.grafana_login_role or settings.grafana_password:
+                # how Grafana reaches the read-only role (NOLOGIN by default), from the environment
+                (access,) = cur.execute(q("migrate_grafana_access"), {
+                    "login_role": settings.grafana_login_role, "password": settings.grafana_password}).fetchone()
+                log.info("grafana access", extra={"grafana": access})
     return [m.id for m in pending] + [f"repeatable/{f.name}" for f in changed]
 
 
@@ -202,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load()
+        problem = secret_problem(settings.grafana_password, 16) if settings.grafana_password else None
+        if problem:
+            raise ConfigError(f"POSITION_MANAGER_GRAFANA_PASSWORD {problem}; use at least 16 random characters")
     except ConfigError as exc:
         print(f"bin/migrate: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,8 @@ PG_PORT = int(os.environ.get("PM_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("PM_TEST_PG_USER", "postgres")
 # One name per pytest process, so that parallel runs on one server never share databases.
 TEST_DBNAME = f"pm_test_{os.getpid()}"
+# The API refuses short or placeholder keys (app.settings.secret_problem): a key of the tests only.
+TEST_API_KEY = "pm-tests-only-Kq7Zr2Wx9Lm4Tb8Nc"
 
 
 def base_environ(**extra: str) -> dict[str, str]:
@@ -24,7 +26,7 @@ def base_environ(**extra: str) -> dict[str, str]:
         "POSTGRES_PORT": str(PG_PORT),
         "POSTGRES_USER": PG_USER,
         "POSTGRES_DB": TEST_DBNAME,
-        "POSITION_MANAGER_API_KEY": "test-key",
+        "POSITION_MANAGER_API_KEY": TEST_API_KEY,
     }
     env.update(extra)
     return env

@@ -13,10 +13,11 @@ from psycopg_pool import ConnectionPool
 
 from app import logs
 from app.api import docs, errors, extras, resources
-from app.api.cache import PortfolioCache
+from app.api.cache import PortfolioCache, PositionCache
 from app.api.health import BrokerProbe, HealthResource
+from app.api.access import AccessMiddleware
 from app.api.metrics import MetricsResource
-from app.api.middleware import AuthMiddleware, ConnectionMiddleware, RateLimitMiddleware, TraceMiddleware
+from app.api.middleware import BodyLimitMiddleware, ConnectionMiddleware, TraceMiddleware
 from app.settings import Settings, load, require_api_keys
 
 # Waiting longer than this for a pooled connection means the database is in trouble: answer 503.
@@ -29,11 +30,8 @@ PNL_FIELDS = ("total_unrealized_pnl_usdt", "total_realized_pnl_usdt", "total_pnl
 
 
 def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | None = None) -> falcon.App:
-    keys = settings.valid_api_keys()
-    middleware = [TraceMiddleware(), ConnectionMiddleware(pool),
-                  AuthMiddleware(keys, lookup=extras.stored_key_lookup(settings.rate_limit_default))]
-    if settings.rate_limit_enabled:
-        middleware.append(RateLimitMiddleware(keys))
+    middleware = [TraceMiddleware(), BodyLimitMiddleware(settings.max_body_bytes), ConnectionMiddleware(pool),
+                  AccessMiddleware(settings)]
     app = falcon.App(middleware=middleware)
     app.add_error_handler(Exception, errors.handle)
     app.add_error_handler(falcon.HTTPError, errors.handle)
@@ -48,7 +46,7 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     app.add_route("/docs", docs_page)
     app.add_route("/docs/{name}", docs_page, suffix="asset")
     app.add_route("/api/v1/positions", resources.PositionsResource())
-    app.add_route("/api/v1/positions/{asset}", resources.PositionResource())
+    app.add_route("/api/v1/positions/{asset}", resources.PositionResource(PositionCache.for_ttl(settings.metrics_cache_ttl)))
     app.add_route("/api/v1/positions/{asset}/validate", resources.ValidateResource())
     app.add_route("/api/v1/positions/{asset}/snapshot", resources.SnapshotResource())
     app.add_route("/api/v1/positions/{asset}/snapshots", resources.SnapshotsResource())

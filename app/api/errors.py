@@ -110,7 +110,16 @@ def error_body(error: ApiError, trace_id: str | None) -> str:
 
 
 def handle(req: falcon.Request, resp: falcon.Response, exc: BaseException, params) -> None:
-    """Falcon error handler for every exception (registered for Exception and falcon.HTTPError)."""
+    """Falcon error handler for every exception (registered for Exception and falcon.HTTPError).
+    A request not admitted yet (app/api/access.py: a resource that folds admission into its own
+    statement failed before reaching it) is admitted first: an unknown key is 401, an exhausted
+    limit 429, whatever else was wrong with the request."""
+    admission = req.context.get("admission") if isinstance(req.context, falcon.Context) else None
+    if admission is not None and not admission.done and not isinstance(exc, psycopg.Error):
+        try:
+            admission.run()
+        except Exception as refused:  # noqa: BLE001 - its own error response
+            exc = refused
     error = classify(exc)
     if error.status == 500:
         log.error("unhandled error: %s", exc, exc_info=exc)

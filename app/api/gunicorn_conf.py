@@ -11,6 +11,7 @@ import shutil
 import sys
 import tempfile
 
+from app import logs
 from app.settings import ConfigError, config_error, load, require_api_keys
 
 try:
@@ -28,9 +29,13 @@ os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def on_starting(server):
-    """Counts of an earlier run of the API are not this run's (Prometheus sees a counter reset)."""
+    """Once, in the master: counts of an earlier run of the API are not this run's (Prometheus sees
+    a counter reset); a warning for each rate-limit override that matches no accepted key."""
     for path in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
         os.remove(path)
+    from app.api.keys import warn_unmatched_overrides  # (imports no prometheus_client in the master)
+    logs.setup(_settings.service_name, _settings.log_level)
+    warn_unmatched_overrides(_settings)
 
 
 def child_exit(server, worker):
@@ -46,7 +51,8 @@ def on_exit(server):
 wsgi_app = "app.api:get_app()"
 bind = [f"0.0.0.0:{_settings.port}"]
 workers = _settings.api_workers
-worker_class = "gthread"
+# gthread with a deadline for reading a request (slow clients cannot hold the threads)
+worker_class = "app.api.gunicorn_worker.DeadlineThreadWorker"
 threads = _settings.api_threads
 keepalive = 30
 timeout = 30

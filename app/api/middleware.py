@@ -1,13 +1,15 @@
-"""Request pipeline: trace id and access log, one pooled connection per request, auth, rate limit.
+"""Request pipeline: trace id and access log, one pooled connection per request (then the access
+check of app/api/access.py: credentials, scope, rate limit).
 
-Order matters and is fixed in create_app: Trace -> Connection -> Auth -> RateLimit. Falcon runs
+Order matters and is fixed in create_app: Trace -> BodyLimit -> Connection -> Access. Falcon runs
 every process_response (in reverse order) even when an earlier step raised, so the connection is
 always returned to the pool and every response carries X-Trace-Id and gets its access-log line.
 """
 from __future__ import annotations
 
-import hmac
+import ipaddress
 import logging
+import socket
 import re
 import time
 import uuid
@@ -17,17 +19,11 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from app import logs
-from app.api import docs
 from app.api.errors import ApiError
-from app.api.keys import digest
-from app.api.metrics import RATE_LIMITED, REQUEST_SECONDS
-from app.db import q
+from app.api.metrics import REQUEST_SECONDS
 
 access_log = logging.getLogger("position_manager.api.access")
 
-# Paths that need no API key: load balancers, metrics scrapers (they carry no key names and no
-# secrets), the schema and its browsable page (/docs and its assets).
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.yaml"}) | docs.PATHS
 # A trace id from the caller is echoed only when it is a sane token (it goes into logs and SQL).
 _TRACE = re.compile(r"^[A-Za-z0-9._:/-]{1,128}$")
 
@@ -54,6 +50,29 @@ class TraceMiddleware:
         logs.trace_id_var.reset(req.context.token)
 
 
+class BodyLimitMiddleware:
+    """A body announced longer than POSITION_MANAGER_MAX_BODY_BYTES is answered 413 before any of
+    it is read (a chunked one is cut by app.api.extras.resources.json_body); every route."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        req.context.max_body_bytes = self.max_bytes
+        length = req.content_length  # falcon: 400 when the header is not a non-negative integer
+        if length is not None and length > self.max_bytes:
+            # Nothing of the body is read, and the connection is not kept alive: a server that kept
+            # it would first read (and discard) the announced body to find the next request.
+            # gunicorn hands the client socket to the app; shutting it for reading ends that.
+            client = req.env.get("gunicorn.socket")
+            if client is not None:
+                try:
+                    client.shutdown(socket.SHUT_RD)
+                except OSError:
+                    pass
+            raise ApiError(413, "payload_too_large", f"body of {length} bytes is larger than {self.max_bytes} bytes")
+
+
 class ConnectionMiddleware:
     """At most one pooled connection per request, taken on first use, always given back."""
 
@@ -75,8 +94,9 @@ class ConnectionMiddleware:
             self.pool.putconn(conn)
 
 
-def connection(req: falcon.Request) -> psycopg.Connection:
-    """The request's connection (autocommit: every statement is one SQL function call)."""
+def raw_connection(req: falcon.Request) -> psycopg.Connection:
+    """The request's pooled connection (autocommit: every statement is one SQL function call),
+    without admission: for app.api.access and the resources that fold admission into their statement."""
     conn = req.context.conn
     if conn is None:
         conn = req.context.pool.getconn()
@@ -86,60 +106,26 @@ def connection(req: falcon.Request) -> psycopg.Connection:
     return conn
 
 
-class AuthMiddleware:
-    """X-API-Key against every valid key, in constant time (no early exit on a match)."""
-
-    def __init__(self, keys: dict[str, int], lookup=None):
-        self.keys = [(key.encode("utf-8"), key) for key in keys]
-        # Keys stored in the database (app/api/extras/auth.py): lookup(req, key) -> StoredKey | None,
-        # asked only when no environment key matched; it sets req.context.stored_key.
-        self.lookup = lookup
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context.api_key = None
-        if req.path in PUBLIC_PATHS:
-            return
-        given = (req.get_header("X-API-Key") or "").encode("utf-8")
-        matched = None
-        for encoded, key in self.keys:
-            if hmac.compare_digest(given, encoded):
-                matched = key
-        if matched is None and given and self.lookup is not None and self.lookup(req, given.decode("utf-8", "replace")):
-            matched = given.decode("utf-8", "replace")
-        if matched is None:
-            raise ApiError(401, "unauthorized", "missing or invalid X-API-Key header")
-        req.context.api_key = matched
+def connection(req: falcon.Request) -> psycopg.Connection:
+    """The request's connection, the request admitted first (app/api/access.py): a resource that
+    folds admission into its own statement gets here only on its other paths."""
+    conn = raw_connection(req)
+    admission = req.context.get("admission")
+    if admission is not None and not admission.done:
+        admission.run(conn)
+    return conn
 
 
 def actor(req: falcon.Request) -> str:
-    """Who asked, for the audit trail: a stored key's name, else the environment key's digest
-    prefix, never the key."""
-    stored = req.context.get("stored_key")
-    if stored:
-        return f"key:{stored.name}"
-    key = req.context.get("api_key")
-    return "api:" + digest(key)[:12] if key else "api"
+    """Who asked, for the audit trail (app.api.access.Caller.actor): a stored key's name, a token's
+    subject, else the environment key's digest prefix; never a key."""
+    caller = req.context.get("caller")
+    return caller.actor if caller is not None else "api"
 
 
-class RateLimitMiddleware:
-    """Per-key requests/minute, counted in PostgreSQL (pm.rate_limit_hit): exact across workers and hosts."""
-
-    def __init__(self, limits: dict[str, int]):
-        self.limits = {key: (limit, digest(key)) for key, limit in limits.items()}
-
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        key = req.context.api_key
-        if key is None:
-            return
-        stored = req.context.get("stored_key")  # a key of pm.api_keys has its own limit
-        limit, hashed = (stored.rate_limit, stored.key_hash) if stored else self.limits[key]
-        allowed, hits, reset_seconds = connection(req).execute(
-            q("api_rate_limit_hit"), {"key_hash": hashed, "limit": limit}).fetchone()
-        resp.set_header("X-RateLimit-Limit", str(limit))
-        resp.set_header("X-RateLimit-Remaining", str(max(limit - hits, 0)))
-        resp.set_header("X-RateLimit-Reset", str(reset_seconds))
-        if not allowed:
-            RATE_LIMITED.inc()
-            raise ApiError(429, "rate_limited",
-                           f"rate limit of {limit} requests per minute exceeded; retry in {reset_seconds} s",
-                           {"Retry-After": str(reset_seconds)})
+def client_addr(req: falcon.Request) -> str | None:
+    """The client's address for the audit trail: the TCP peer (forwarding headers are not trusted)."""
+    try:
+        return str(ipaddress.ip_address((req.remote_addr or "").split("%")[0]))
+    except ValueError:
+        return None

@@ -45,6 +45,11 @@ def asset_value(value: str, name: str = "asset") -> str:
     return normalised
 
 
+def is_position_id(value: str) -> bool:
+    """Whether a path's position reference is an id (a UUID) rather than a symbol."""
+    return bool(_UUID.match(value.lower()))
+
+
 def position(req: falcon.Request, value: str, name: str = "asset") -> dict:
     """The position a path names, as the queries take it (pm.position_key): {"asset", "mode"}.
     A symbol (case-insensitive) with ?mode= (default one-way), or the position's id (a UUID) whose

@@ -10,12 +10,12 @@ import json
 
 import falcon
 
-from app.api import params
+from app.api import access, params
 from app.api.docs import OPENAPI_FILE
-from app.api.cache import PortfolioCache
+from app.api.cache import PortfolioCache, PositionCache
 from app.api.errors import not_found
-from app.api.middleware import actor, connection
-from app.db import q, write
+from app.api.middleware import actor, client_addr, connection, raw_connection
+from app.db import q, write_transaction
 
 POSITIONS_LIMIT_MAX = 10000
 SNAPSHOTS_LIMIT_MAX = 1000
@@ -36,8 +36,12 @@ def call_one(req: falcon.Request, name: str, args: dict):
 
 def call_write(req: falcon.Request, name: str, args: dict):
     """As call_one, for a statement that writes: in a write transaction of its own, behind the
-    upgrade gate (app.db.write)."""
-    (result,) = write(connection(req), name, args)
+    upgrade gate (app.db.write_transaction), with the client's address for the audit trail
+    (pm.write_state records it beside the actor)."""
+    conn = connection(req)
+    with write_transaction(conn):
+        conn.execute(q("api_client_addr"), {"addr": client_addr(req) or ""})
+        (result,) = conn.execute(q(name), args).fetchone()
     return result
 
 
@@ -71,15 +75,39 @@ class PositionsResource:
 
 
 class PositionResource:
-    """GET /api/v1/positions/{asset}: ETag from version, If-None-Match -> 304."""
+    """GET /api/v1/positions/{asset}: ETag from version, If-None-Match -> 304.
+
+    The API's most frequent read: admission (stored key, scope, rate-limit token) and the read are
+    one statement, one round trip (pm.api_read_position; app/api/access.py), which renders the
+    Position only when this process does not hold its current version already (PositionCache)."""
+
+    ADMITS_IN_QUERY = ("GET",)
+
+    def __init__(self, cache: PositionCache):
+        self.cache = cache
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, asset: str) -> None:
         params.only(req, "mode")
         key = params.position(req, asset)
-        row = connection(req).execute(q("api_get_position"), key).fetchone()
-        if row is None:
-            raise not_found(f"no position {key['asset']} ({key['mode']})")
-        body, version = row
+        if params.is_position_id(asset):   # by id: admitted first, then read by its id
+            row = connection(req).execute(q("api_get_position"), key).fetchone()
+            if row is None:
+                raise not_found(f"no position {key['asset']} ({key['mode']})")
+            body, version = row
+        else:
+            known_version, known_body = self.cache.known((key["asset"], key["mode"]))
+            admission = access.pending(req)
+            row = raw_connection(req).execute(q("api_read_position"), {
+                **access.read_args(req, admission), **key, "known_version": known_version}).fetchone()
+            if admission is not None:
+                admission.apply(*row[:6])
+            body, version = row[6], row[7]
+            if version is None:
+                raise not_found(f"no position {key['asset']} ({key['mode']})")
+            if body is None:
+                body = known_body            # the version this process holds is the current one
+            else:
+                self.cache.store((key["asset"], key["mode"]), version, body)
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
         etag = f'W/"{version}"'
         resp.set_header("ETag", etag)
@@ -172,7 +200,11 @@ class OpenApiResource:
 
 
 class SelectOneResource:
-    """GET /bench/select1: the benchmark's reference (only with POSITION_MANAGER_BENCH_REFERENCE=1)."""
+    """GET /bench/select1: the benchmark's reference (only with POSITION_MANAGER_BENCH_REFERENCE=1):
+    the least a request can cost, one trivial statement behind the same key check (so never rate
+    limited: the endpoints measured against it pay for their limiter)."""
+
+    RATE_LIMITED = False
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         (value,) = connection(req).execute(q("api_select_one")).fetchone()

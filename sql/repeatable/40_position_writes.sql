@@ -164,9 +164,10 @@ BEGIN
          WHERE p.id = p_pos.id
         RETURNING pm.image_of(p) AS i
     )
-    INSERT INTO pm.outbox (event_type, position_id, asset, mode, version, source, action, actor, trace_id, detail, image)
+    INSERT INTO pm.outbox (event_type, position_id, asset, mode, version, source, action, actor, trace_id, detail, image,
+                           client_addr)
     SELECT 'position_updated', (c.i).id, (c.i).asset, (c.i).mode, (c.i).version, p_source, p_action, p_actor, p_trace,
-           p_detail, c.i
+           p_detail, c.i, nullif(current_setting('pm.client_addr', true), '')::inet  -- set by the API per transaction
       FROM changed c
     RETURNING (image).* INTO img;
     mark := pm.own_writes(false);
@@ -174,7 +175,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.write_state(public.positions, pm.pos_state, text, text, text, text, jsonb, numeric, timestamp, numeric) IS
-    'pm.write_state(locked row, state, source, action, trace, actor?, detail?, price?, price time?, unrealized?) -> the position image after the change. Stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated, and appends the audit row / position_updated outbox event (pm.outbox, same statement). source: order_execution|exchange|validation|manual. Every change of a position goes through here (marked as our own write, pm.own_writes). Caller holds the row lock.';
+    'pm.write_state(locked row, state, source, action, trace, actor?, detail?, price?, price time?, unrealized?) -> the position image after the change. Stores the state, optionally a new price, recomputes unrealized PnL (or takes the given one), bumps version and last_updated, and appends the audit row / position_updated outbox event (pm.outbox, same statement) with the client address of an API change (the transaction''s setting pm.client_addr, NULL when unset). source: order_execution|exchange|validation|manual. Every change of a position goes through here (marked as our own write, pm.own_writes). Caller holds the row lock.';
 
 -- pm.record_discrepancy(position, field, stored, expected, source, detected_by, trace, fixed) -> jsonb
 -- Appends a discrepancy to pm.discrepancies and returns it as {field, stored, expected, source}.

@@ -121,7 +121,8 @@ BEGIN
     )
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'id', o.id, 'event_id', o.event_id, 'version', o.version, 'source', o.source, 'action', o.action,
-               'actor', o.actor, 'trace_id', o.trace_id, 'created_at', pm.iso(o.created_at), 'detail', o.detail,
+               'actor', o.actor, 'client_addr', host(o.client_addr), 'trace_id', o.trace_id,
+               'created_at', pm.iso(o.created_at), 'detail', o.detail,
                'position', o.body - 'event_id' - 'event_type' - 'update_source' - 'trace_id' - 'timestamp')
                ORDER BY o.id DESC) FILTER (WHERE o.rn <= p_limit), '[]'::jsonb),
            count(*) > p_limit
@@ -131,7 +132,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.position_history(text, text, integer, integer) IS
-    'pm.position_history(asset, mode, limit 1..1000, offset >= 0) -> {"history": [{id, event_id, version, source, action, actor, trace_id, created_at, detail, position}], "count", "has_more"}: the audit trail (position_updated rows of pm.outbox), newest first; position is the Position as it was after that change. Read only. Errors: 22023 naming mode/limit/offset, P0002 when the position does not exist.';
+    'pm.position_history(asset, mode, limit 1..1000, offset >= 0) -> {"history": [{id, event_id, version, source, action, actor, client_addr (the address of the API client, NULL for consumers and jobs), trace_id, created_at, detail, position}], "count", "has_more"}: the audit trail (position_updated rows of pm.outbox), newest first; position is the Position as it was after that change. Read only. Errors: 22023 naming mode/limit/offset, P0002 when the position does not exist.';
 
 -- pm.state_json(state, mode) -> jsonb
 -- The accounting fields of a ledger state (pm.pos_state) as Position-like JSON.

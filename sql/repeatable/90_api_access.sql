@@ -1,4 +1,5 @@
--- API access: the per-key rate limit and the scoped API keys (bin/api-keys).
+-- API access: admission of a request (key, scope, rate limit) in one call, the token-bucket rate
+-- limit, the per-key cap of live streams, and the scoped API keys (bin/api-keys).
 -- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
 --
 -- Keys are stored as SHA-256 digests, never raw (hashed in Python before they reach the database).
@@ -8,45 +9,197 @@
 -- probe. Scopes are ordered: read < write < admin. Errors: 22023 bad input naming the field, 23505 a
 -- live key of that name exists (-> 409), P0002 no live key of that name.
 
+-- pm.rate_limit_take(key_hash, limit, at) -> (allowed, remaining, retry_after, reset_after)
+-- Takes one token of a key's bucket (GCRA): `limit` requests per minute, up to `limit` at once.
+CREATE OR REPLACE FUNCTION pm.rate_limit_take(p_key_hash text, p_limit integer, p_at double precision DEFAULT NULL,
+                                              OUT allowed boolean, OUT remaining integer,
+                                              OUT retry_after double precision, OUT reset_after double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- GCRA: a request is due every l_interval seconds; the theoretical arrival time (tat) of the
+    -- next one may run at most one period (60 s) ahead of now, which is a bucket of `limit` tokens
+    -- refilled one every l_interval. So over any span of w seconds at most limit + w / l_interval
+    -- requests pass, wherever the span falls (no window boundary to burst across).
+    l_now double precision := coalesce(p_at, extract(epoch FROM clock_timestamp()));
+    l_interval double precision;
+    l_tat double precision;
+BEGIN
+    IF p_key_hash IS NULL OR p_key_hash = '' THEN
+        PERFORM pm.bad_input('key_hash', 'required');
+    END IF;
+    IF p_limit IS NULL OR p_limit <= 0 THEN
+        PERFORM pm.bad_input('limit', format('must be > 0, got %s', coalesce(p_limit::text, 'nothing')));
+    END IF;
+    l_interval := 60.0 / p_limit;
+    -- Concurrent requests of one key queue on the row lock (held to the caller's commit: call it in
+    -- autocommit, last) and each decides on the state committed before it. An allowed request is one
+    -- UPDATE (HOT: no indexed column changes); a refused one writes nothing (a flood of refused
+    -- requests costs reads only); a key's first request inserts its row (race-safe: once more when
+    -- another request inserted it meanwhile).
+    FOR attempt IN 1 .. 2 LOOP
+        UPDATE pm.api_rate_state s SET tat = greatest(s.tat, l_now) + l_interval
+         WHERE s.key_hash = p_key_hash AND greatest(s.tat, l_now) + l_interval - l_now <= 60.0
+        RETURNING s.tat INTO l_tat;
+        allowed := FOUND;
+        EXIT WHEN allowed;
+        SELECT s.tat INTO l_tat FROM pm.api_rate_state s WHERE s.key_hash = p_key_hash;
+        EXIT WHEN FOUND;            -- refused
+        INSERT INTO pm.api_rate_state AS s (key_hash, tat) VALUES (p_key_hash, l_now + l_interval)
+        ON CONFLICT (key_hash) DO NOTHING
+        RETURNING s.tat INTO l_tat;
+        allowed := FOUND;
+        EXIT WHEN allowed;
+    END LOOP;
+    IF allowed THEN
+        remaining := floor((60.0 - (l_tat - l_now)) / l_interval + 1e-9)::integer;
+        retry_after := 0;
+    ELSE
+        remaining := 0;
+        retry_after := l_tat + l_interval - 60.0 - l_now;
+    END IF;
+    reset_after := greatest(l_tat - l_now, 0);
+END
+$$;
+COMMENT ON FUNCTION pm.rate_limit_take(text, integer, double precision) IS
+    'pm.rate_limit_take(key_hash, limit per minute > 0, at epoch seconds default the clock) -> (allowed, remaining tokens, retry_after seconds until the next token (0 when allowed), reset_after seconds until the bucket is full): token bucket / GCRA with a capacity of limit and one token every 60/limit s, in PostgreSQL (exact across workers and hosts). Over any span of w seconds at most limit + w*limit/60 requests are allowed; a rejected request takes nothing and writes nothing. Locks the key''s row to the caller''s commit. Errors: 22023 naming key_hash or limit. Not idempotent: every allowed call takes a token.';
+
 -- pm.rate_limit_hit(key_hash, limit, window_seconds) -> (allowed, hits, reset_seconds)
--- Counts one request of a key in the current fixed window and says whether it is within the limit.
+-- The earlier fixed-window signature, kept for processes of the previous release: takes from the bucket.
 CREATE OR REPLACE FUNCTION pm.rate_limit_hit(p_key_hash text, p_limit integer, p_window_seconds integer DEFAULT 60,
                                              OUT allowed boolean, OUT hits integer, OUT reset_seconds integer)
 LANGUAGE plpgsql AS $$
 DECLARE
-    l_now numeric := extract(epoch FROM now());
-    l_window bigint;
-    l_created boolean;
+    t record;
 BEGIN
-    IF p_key_hash IS NULL OR p_key_hash = '' THEN
-        RAISE EXCEPTION 'invalid parameter key_hash: required' USING ERRCODE = '22023';
-    END IF;
-    IF p_limit IS NULL OR p_limit < 0 THEN
-        RAISE EXCEPTION 'invalid parameter limit: must be >= 0, got %', p_limit USING ERRCODE = '22023';
-    END IF;
-    IF p_window_seconds IS NULL OR p_window_seconds <= 0 THEN
-        RAISE EXCEPTION 'invalid parameter window_seconds: must be > 0, got %', p_window_seconds USING ERRCODE = '22023';
-    END IF;
-    l_window := floor(l_now / p_window_seconds)::bigint * p_window_seconds;
-
-    -- Concurrent hits of one key queue on the row lock; each sees the count committed before it.
-    INSERT INTO pm.api_rate_limit AS r (key_hash, window_start, hits)
-    VALUES (p_key_hash, l_window, 1)
-    ON CONFLICT (key_hash, window_start) DO UPDATE SET hits = r.hits + 1
-    RETURNING r.hits, (r.xmax = 0) INTO hits, l_created;
-
-    -- Only the first hit of a window (once per key and minute) clears that key's older windows:
-    -- the table stays at about one row per active key without a cleanup job.
-    IF l_created THEN
-        DELETE FROM pm.api_rate_limit WHERE key_hash = p_key_hash AND window_start < l_window;
-    END IF;
-
-    allowed := hits <= p_limit;
-    reset_seconds := greatest(1, ceil(l_window + p_window_seconds - l_now))::integer;
+    t := pm.rate_limit_take(p_key_hash, p_limit);
+    allowed := t.allowed;
+    hits := p_limit - t.remaining;
+    reset_seconds := greatest(1, ceil(CASE WHEN t.allowed THEN t.reset_after ELSE t.retry_after END))::integer;
 END
 $$;
 COMMENT ON FUNCTION pm.rate_limit_hit(text, integer, integer) IS
-    'pm.rate_limit_hit(key_hash, limit, window_seconds default 60) -> (allowed, hits, reset_seconds): counts one request of the key in the current fixed window (PostgreSQL clock, so exact across workers and hosts); allowed = hits <= limit (rejected requests count too); reset_seconds = whole seconds until the window ends (>= 1). Locks: the (key, window) row for the rest of the caller''s transaction, so call it in autocommit. Errors: 22023 for an empty key, a negative limit or a non-positive window. Not idempotent: every call is one hit.';
+    'pm.rate_limit_hit(key_hash, limit per minute, window_seconds ignored) -> (allowed, hits = limit - remaining tokens, reset_seconds >= 1): the signature of the fixed-window limiter of the previous release, for its processes until they restart; takes one token of pm.rate_limit_take. Errors: 22023 for an empty key or a limit <= 0.';
+
+-- pm.api_key_check(key_hash, scope, limit, default limit, needed scope) -> (outcome, key_name, scope, rate_limit)
+-- Who the key is and whether its scope suffices: a stored key is looked up, a key the caller vouches for is not.
+CREATE OR REPLACE FUNCTION pm.api_key_check(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
+                                            p_needed text, OUT outcome text, OUT key_name text, OUT scope text,
+                                            OUT rate_limit integer)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    l_order CONSTANT text[] := ARRAY['read', 'write', 'admin'];
+BEGIN
+    scope := p_scope;
+    rate_limit := coalesce(p_limit, p_default_limit);
+    IF p_scope IS NULL THEN
+        SELECT k.name, k.scope, coalesce(p_limit, k.rate_limit, p_default_limit)
+          INTO key_name, scope, rate_limit
+          FROM pm.api_keys k WHERE k.key_hash = p_key_hash AND k.revoked_at IS NULL;
+        IF NOT FOUND THEN
+            outcome := 'unknown_key';
+            RETURN;
+        END IF;
+    END IF;
+    IF coalesce(array_position(l_order, scope), 0) < coalesce(array_position(l_order, p_needed), 4) THEN
+        outcome := 'forbidden';
+        RETURN;
+    END IF;
+    outcome := 'ok';
+END
+$$;
+COMMENT ON FUNCTION pm.api_key_check(text, text, integer, integer, text) IS
+    'pm.api_key_check(key hash, scope or NULL, limit or NULL, default limit, needed scope read|write|admin) -> (outcome ok|unknown_key|forbidden, key_name, scope, rate_limit). With scope NULL the key is looked up among the live keys of pm.api_keys (its own limit unless limit is given, else the default); with a scope the caller has authenticated the key itself. Scopes are ordered read < write < admin. Read only.';
+
+-- pm.api_admit(key_hash, scope, limit, default limit, needed scope, limited) -> (outcome, key_name, scope, rate_limit, remaining, retry_after)
+-- The database part of admitting an API request in one call: the key, its scope, then a token.
+CREATE OR REPLACE FUNCTION pm.api_admit(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
+                                        p_needed text, p_limited boolean,
+                                        OUT outcome text, OUT key_name text, OUT scope text, OUT rate_limit integer,
+                                        OUT remaining integer, OUT retry_after double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
+      FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
+    IF outcome = 'ok' AND p_limited THEN
+        t := pm.rate_limit_take(p_key_hash, rate_limit);
+        remaining := t.remaining;
+        retry_after := t.retry_after;
+        IF NOT t.allowed THEN
+            outcome := 'rate_limited';
+        END IF;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, boolean) IS
+    'pm.api_admit(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited) -> (outcome ok|unknown_key|forbidden|rate_limited, key_name, scope, rate_limit, remaining, retry_after seconds): pm.api_key_check, then (when limited and the key may) one token of pm.rate_limit_take. An unknown or forbidden key takes no token. Call it in autocommit (the token''s row lock is held to the commit).';
+
+-- pm.api_read_position(key_hash, scope, limit, default limit, needed scope, limited, asset, mode, known version) -> (outcome, ..., body, version)
+-- GET /api/v1/positions/{asset} admitted and read in one round trip: key and scope, the read, then the token.
+CREATE OR REPLACE FUNCTION pm.api_read_position(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
+                                                p_needed text, p_limited boolean, p_asset text, p_mode text,
+                                                p_known_version integer,
+                                                OUT outcome text, OUT key_name text, OUT scope text,
+                                                OUT rate_limit integer, OUT remaining integer,
+                                                OUT retry_after double precision, OUT body text, OUT version integer)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    IF p_scope IS NULL THEN     -- a stored key: who is it, may it read?
+        SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
+          FROM pm.api_key_check(p_key_hash, NULL, p_limit, p_default_limit, p_needed) c;
+        IF outcome <> 'ok' THEN
+            RETURN;
+        END IF;
+    ELSE                        -- a key the API authenticated (and checked the scope of) itself
+        outcome := 'ok';
+        scope := p_scope;
+        rate_limit := coalesce(p_limit, p_default_limit);
+    END IF;
+    -- the read before the token, so that the key's bucket row is locked only from the token to the
+    -- commit; the Position is rendered only when the caller does not hold this version already
+    SELECT p.version INTO version FROM public.positions p WHERE p.asset = upper(p_asset) AND p.mode = p_mode;
+    IF version IS NOT NULL AND version IS DISTINCT FROM p_known_version THEN
+        body := pm.get_position(p_asset, p_mode)::text;
+        version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
+    END IF;
+    IF p_limited THEN
+        t := pm.rate_limit_take(p_key_hash, rate_limit);
+        remaining := t.remaining;
+        retry_after := t.retry_after;
+        IF NOT t.allowed THEN
+            outcome := 'rate_limited';
+            body := NULL;
+            version := NULL;
+        END IF;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pm.api_read_position(text, text, integer, integer, text, boolean, text, text, integer) IS
+    'pm.api_read_position(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited, asset, mode, known version or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after as pm.api_admit; version of the position (NULL when there is none or the request is not admitted) and body = its Position JSON text (pm.get_position), NULL as well when it is the known version, which the caller then holds already). One round trip for the API''s most frequent read: a stored key is looked up (scope NULL), a key with a scope is one the caller authenticated; the position is read only for a key that may read it, before the token is taken (the bucket row is locked only briefly). Call it in autocommit.';
+
+-- pm.stream_take_slot(key_hash, cap) -> integer
+-- One of a key's `cap` live-stream slots for this session (session advisory lock); NULL when all are taken.
+CREATE OR REPLACE FUNCTION pm.stream_take_slot(p_key_hash text, p_cap integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    l_key integer := hashtext('pm.stream:' || p_key_hash);
+BEGIN
+    IF p_cap IS NULL OR p_cap <= 0 THEN
+        PERFORM pm.bad_input('cap', format('must be > 0, got %s', coalesce(p_cap::text, 'nothing')));
+    END IF;
+    FOR slot IN 0 .. p_cap - 1 LOOP
+        IF pg_try_advisory_lock(l_key, slot) THEN
+            RETURN slot;
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+COMMENT ON FUNCTION pm.stream_take_slot(text, integer) IS
+    'pm.stream_take_slot(key hash, cap > 0) -> the slot number (0..cap-1) now held by this session, or NULL when every slot of the key is held by other sessions: the per-key cap of live streams over every worker and instance. A slot is a session-level advisory lock (two-int form, key hashtext(''pm.stream:'' || key hash)); it is released when the stream''s connection closes, so a vanished process never leaks one. Errors: 22023 naming cap.';
 
 -- pm.api_key_json(row) -> jsonb
 -- A key as bin/api-keys shows it: never the digest itself.

@@ -155,3 +155,33 @@ BEGIN
     END IF;
 END
 $$;
+
+-- pm.grafana_access(login role, password) -> jsonb
+-- How Grafana reaches pm_grafana (NOLOGIN by default): granted to the operator's login role, and/or a password.
+CREATE OR REPLACE FUNCTION pm.grafana_access(p_login_role text, p_password text) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    l_role text := nullif(btrim(p_login_role), '');
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'pm_grafana') THEN
+        RAISE EXCEPTION 'the role pm_grafana does not exist (sql/0030_grafana.sql creates it)' USING ERRCODE = 'P0002';
+    END IF;
+    IF l_role IS NOT NULL THEN
+        IF l_role = 'pm_grafana' THEN
+            PERFORM pm.bad_input('login_role', 'name a login role of your own, not pm_grafana itself');
+        END IF;
+        IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = l_role) THEN
+            PERFORM pm.bad_input('login_role', format('no role named %s: create it first (CREATE ROLE %I LOGIN PASSWORD ...)',
+                                                      left(l_role, 63), left(l_role, 63)));
+        END IF;
+        EXECUTE format('GRANT pm_grafana TO %I', l_role);
+    END IF;
+    IF nullif(p_password, '') IS NOT NULL THEN
+        EXECUTE format('ALTER ROLE pm_grafana LOGIN PASSWORD %L', p_password);
+    END IF;
+    RETURN jsonb_build_object('login_role', l_role, 'pm_grafana_can_login',
+                              (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = 'pm_grafana'));
+END
+$$;
+COMMENT ON FUNCTION pm.grafana_access(text, text) IS
+    'pm.grafana_access(login role or NULL, password or NULL) -> {"login_role", "pm_grafana_can_login"}: grants pm_grafana (NOLOGIN since 0072) to an existing login role of the operator''s, and/or lets pm_grafana log in with the given password. Nothing given: nothing changes. Called by bin/migrate from POSITION_MANAGER_GRAFANA_LOGIN_ROLE / POSITION_MANAGER_GRAFANA_PASSWORD; needs a migration user that may manage roles. The role is cluster-wide. Errors: 22023 naming login_role (pm_grafana itself, or no such role); P0002 when pm_grafana does not exist.';

@@ -18,12 +18,13 @@ import requests
 from falcon import testing
 
 from app.api import create_app, make_api_pool
+from app.api.keys import digest, new_key
+from app.db import q
 from bench.common import free_port
+from tests.conftest import TEST_API_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
-API_KEY = "test-key"
-KEY_A = "key-a"
-KEY_B = "key-b"
+API_KEY = TEST_API_KEY
 
 
 @pytest.fixture
@@ -32,8 +33,21 @@ def api_settings(settings):
     stream sends a heartbeat every second and ends after 3 s; the API alone (no consumer role is
     expected alive: the liveness tests name their roles)."""
     return settings.with_overrides(rate_limit_default=1_000_000, metrics_cache_ttl=60,
-                                   rate_limit_overrides={KEY_A: 1_000_000}, stream_heartbeat=1,
+                                   stream_heartbeat=1,
                                    stream_max_seconds=3, health_roles=())
+
+
+@pytest.fixture
+def stored_key(db):
+    """stored_key(name, scope="admin", rate_limit=None) -> a new key of pm.api_keys (as bin/api-keys makes it)."""
+
+    def _create(name: str, scope: str = "admin", rate_limit: int | None = None) -> str:
+        key = new_key()
+        db.execute(q("extras_api_key_create"), {"name": name, "key_hash": digest(key), "scope": scope,
+                                               "rate_limit": rate_limit})
+        return key
+
+    return _create
 
 
 @pytest.fixture

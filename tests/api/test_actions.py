@@ -6,6 +6,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.api.conftest import API_KEY
 from tests.sql.calls import fill
 
 
@@ -40,7 +41,7 @@ def test_validate_reports_and_fixes_a_discrepancy(client, db, btc):
     # the fix is audited with the request's trace id and a non-secret actor
     actor, trace_id = db.execute("SELECT actor, trace_id FROM pm.outbox WHERE action = 'fix' ORDER BY id DESC LIMIT 1"
                                  ).fetchone()
-    assert trace_id == trace and actor.startswith("api:") and "test-key" not in actor
+    assert trace_id == trace and actor.startswith("api:") and API_KEY not in actor
     again = client.simulate_post("/api/v1/positions/BTCUSDT/validate").json
     assert again["is_valid"] is True
 

@@ -1,12 +1,15 @@
-"""The API's own SQL (sql/0010, sql/0011): the rate-limit counter and the position list, called
-directly, and the migration files run twice and rolled back with psql."""
+"""The API's own SQL: the token-bucket rate limit (no burst across a minute boundary; a property over
+any span of time), the position list, called directly, and the code files run twice with psql."""
 from __future__ import annotations
 
+import itertools
 import subprocess
+import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.sql.calls import fill
 
@@ -14,30 +17,78 @@ SQL_DIR = Path(__file__).resolve().parents[2] / "sql"
 API_FILES = ["repeatable/85_api_reads.sql", "repeatable/90_api_access.sql"]
 
 
-def hit(db, key="k" * 64, limit=3):
-    return db.execute("SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%s, %s)", (key, limit)).fetchone()
+def take(db, at: float, key: str = "k" * 64, limit: int = 60):
+    """One request of the key at epoch second `at`: (allowed, remaining, retry_after, reset_after)."""
+    return db.execute("SELECT allowed, remaining, retry_after, reset_after FROM pm.rate_limit_take(%s, %s, %s)",
+                      (key, limit, at)).fetchone()
 
 
-def test_rate_limit_counts_per_key_and_window(db):
-    assert [hit(db)[:2] for _ in range(4)] == [(True, 1), (True, 2), (True, 3), (False, 4)]
-    assert hit(db, key="other")[:2] == (True, 1)
-    (_, _, reset) = hit(db)
-    assert 1 <= reset <= 60
+def fixed_window_allowed(times: list[float], limit: int) -> int:
+    """What the fixed 60-second window of the previous release let through (a count per key and
+    minute, every request counted): the reference the token bucket is held against."""
+    counts: dict[int, int] = {}
+    allowed = 0
+    for t in times:
+        window = int(t // 60)
+        counts[window] = counts.get(window, 0) + 1
+        allowed += counts[window] <= limit
+    return allowed
 
 
-def test_rate_limit_first_hit_of_a_window_removes_the_keys_older_windows(db):
-    db.execute("INSERT INTO pm.api_rate_limit (key_hash, window_start, hits) VALUES ('k', 60, 7), ('k', 120, 9), "
-               "('someone-else', 60, 1)")
-    assert hit(db, key="k")[:2] == (True, 1)      # a new window: counting starts again
-    rows = db.execute("SELECT key_hash, window_start FROM pm.api_rate_limit ORDER BY 1, 2").fetchall()
-    assert [r[0] for r in rows] == ["k", "someone-else"]   # k's old windows are gone, others' untouched
-    assert rows[0][1] > 120
+def test_the_boundary_burst_is_gone(db):
+    """`limit` requests in the last half second of a minute and `limit` more in the first half second
+    of the next: the fixed window let all 2 x limit through; the bucket lets `limit` through (less
+    than one token, one a second at 60/min, is refilled in the 0.99 s the two bursts take)."""
+    limit, minute = 60, 1_800_000_000 // 60 * 60 + 60
+    times = [minute - 0.5 + i * (0.5 / limit) for i in range(limit)] + \
+            [minute + i * (0.5 / limit) for i in range(limit)]
+    allowed = sum(take(db, t, limit=limit)[0] for t in times)
+    assert fixed_window_allowed(times, limit) == 2 * limit
+    assert allowed == limit
+    assert take(db, minute + 0.5, limit=limit)[0] is True   # a second after the first: one token again
 
 
-@pytest.mark.parametrize("args", [("", 5, 60), (None, 5, 60), ("k", -1, 60), ("k", 5, 0)])
+def test_a_bucket_refills_one_token_per_interval_and_says_when(db):
+    assert [take(db, 1000.0, limit=3)[:2] for _ in range(4)] == [(True, 2), (True, 1), (True, 0), (False, 0)]
+    allowed, _, retry_after, reset_after = take(db, 1000.0, limit=3)
+    assert not allowed and retry_after == pytest.approx(20.0) and reset_after == pytest.approx(60.0)
+    assert take(db, 1019.9, limit=3)[0] is False        # not yet
+    assert take(db, 1020.0, limit=3)[:2] == (True, 0)   # one token every 20 s at 3/min
+    assert take(db, 1000.0, key="other", limit=3)[:2] == (True, 2)   # every key has its own bucket
+    assert take(db, 2000.0, limit=3)[:2] == (True, 2)   # a quiet key's bucket is full again
+
+
+def test_a_client_at_the_limit_rate_is_never_refused(db):
+    assert all(take(db, 5000.0 + i * 0.5, limit=120)[0] for i in range(300))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(gaps=st.lists(st.floats(min_value=0, max_value=3, allow_nan=False), min_size=1, max_size=150),
+       limit=st.integers(min_value=1, max_value=40))
+def test_no_span_lets_more_through_than_the_bucket_and_its_refill(connect, gaps, limit):
+    """Property: over any span of w seconds at most limit + w * limit / 60 requests are allowed, and a
+    request is refused only when the span before it already used that much."""
+    db = connect(autocommit=True)
+    key = uuid.uuid4().hex
+    times = list(itertools.accumulate(gaps, initial=10_000.0))
+    allowed = [t for t in times if take(db, t, key=key, limit=limit)[0]]
+    for i, start in enumerate(allowed):
+        for j in range(i, len(allowed)):
+            span = allowed[j] - start
+            assert j - i + 1 <= limit + span * limit / 60 + 1e-6
+
+
+def test_the_previous_signature_takes_from_the_bucket(db):
+    rows = [db.execute("SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%s, 3)", ("h" * 64,)).fetchone()
+            for _ in range(4)]
+    assert [r[:2] for r in rows] == [(True, 1), (True, 2), (True, 3), (False, 3)]
+    assert all(1 <= r[2] <= 60 for r in rows)
+
+
+@pytest.mark.parametrize("args", [("", 5, None), (None, 5, None), ("k", -1, None), ("k", 0, None)])
 def test_rate_limit_rejects_bad_arguments(db, args):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
-        db.execute("SELECT * FROM pm.rate_limit_hit(%s, %s, %s)", args)
+        db.execute("SELECT * FROM pm.rate_limit_take(%s, %s, %s)", args)
 
 
 def test_list_positions_in_sql(db):
@@ -72,8 +123,8 @@ def psql(settings, *files: Path) -> None:
 
 
 def test_the_api_code_files_run_twice_with_psql(settings, db):
-    hit(db)
+    take(db, 100.0, limit=3)
     files = [SQL_DIR / name for name in API_FILES]
     psql(settings, *files, *files)  # again over what bin/migrate applied: safe to run twice
-    assert hit(db)[:2] == (True, 2)
+    assert take(db, 100.0, limit=3)[:2] == (True, 1)   # the bucket's state is kept
     assert db.execute("SELECT pm.list_positions() ->> 'count'").fetchone()[0] == "0"

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from app.api import docs
-from tests.api.conftest import server_environ
+from tests.api.conftest import API_KEY, server_environ
 
 # Swagger UI's colours of the method badges (swagger-ui.css, .opblock-<method> .opblock-summary-method).
 BADGE_COLOURS = {"get": (0x61, 0xAF, 0xFE), "post": (0x49, 0xCC, 0x90), "patch": (0x50, 0xE3, 0xC2),
@@ -115,8 +115,8 @@ def test_docs_page_and_assets_need_no_key_and_load_nothing_from_elsewhere(make_a
     assert client.simulate_get("/docs/swagger-ui-bundle.js").content.startswith(b"/*!")
     # nothing else of the package (or of the disk) is served, and other paths keep their key
     assert client.simulate_get("/docs/index.html").status_code == 401
-    assert client.simulate_get("/docs/index.html", headers={"X-API-Key": "test-key"}).status_code == 404
-    assert client.simulate_get("/docs/..%2Fopenapi.yaml", headers={"X-API-Key": "test-key"}).status_code == 404
+    assert client.simulate_get("/docs/index.html", headers={"X-API-Key": API_KEY}).status_code == 404
+    assert client.simulate_get("/docs/..%2Fopenapi.yaml", headers={"X-API-Key": API_KEY}).status_code == 404
 
 
 @pytest.mark.slow

@@ -12,7 +12,7 @@ from falcon import testing
 
 from app import logs, schema
 from app.api.health import BrokerProbe
-from tests.api.conftest import API_KEY, KEY_A
+from tests.api.conftest import API_KEY
 from bench.common import free_port
 from tests.sql.calls import fill
 
@@ -46,10 +46,21 @@ def test_every_api_route_needs_a_valid_key(client, btc, method, path, key):
 
 
 @pytest.mark.parametrize("method, path", ROUTES)
-@pytest.mark.parametrize("key", [API_KEY, KEY_A])
-def test_every_api_route_accepts_the_main_key_and_override_keys(client, btc, method, path, key):
-    response = client.simulate_request(method, path, headers={"X-API-Key": key})
-    assert response.status_code in (200, 201), (path, response.text)
+def test_every_api_route_accepts_the_main_key_and_a_stored_admin_key(client, btc, stored_key, method, path):
+    for key in (API_KEY, stored_key("ops", "admin")):
+        response = client.simulate_request(method, path, headers={"X-API-Key": key})
+        assert response.status_code in (200, 201), (path, response.text)
+
+
+def test_a_key_named_only_in_the_overrides_is_refused(make_client, api_settings, stored_key):
+    stored = stored_key("risk-manager", "read")
+    settings = api_settings.with_overrides(rate_limit_overrides={"ui-key": 1000, stored: 5})
+    client = make_client(settings)
+    refused = client.simulate_get("/api/v1/positions", headers={"X-API-Key": "ui-key"})
+    assert refused.status_code == 401 and refused.json["error_code"] == "unauthorized"
+    # an override of an accepted key sets its limit, and that is all it does
+    allowed = client.simulate_get("/api/v1/positions", headers={"X-API-Key": stored})
+    assert allowed.status_code == 200 and allowed.headers["x-ratelimit-limit"] == "5"
 
 
 def test_health_and_openapi_need_no_key(client):
@@ -170,18 +181,23 @@ def test_json_access_log_line_per_request(client):
         assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
 
 
-def test_rate_limit_in_one_process(make_client, api_settings):
-    limited = api_settings.with_overrides(rate_limit_default=3, rate_limit_overrides={KEY_A: 5})
+def test_rate_limit_in_one_process(make_client, api_settings, stored_key):
+    other_key = stored_key("other", "read")
+    limited = api_settings.with_overrides(rate_limit_default=3, rate_limit_overrides={other_key: 5})
     client = make_client(limited)
-    statuses = [client.simulate_get("/api/v1/positions").status_code for _ in range(5)]
-    assert statuses == [200, 200, 200, 429, 429]
+    responses = [client.simulate_get("/api/v1/positions") for _ in range(5)]
+    assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+    assert [r.headers["x-ratelimit-remaining"] for r in responses] == ["2", "1", "0", "0", "0"]
     rejected = client.simulate_get("/api/v1/positions")
     assert rejected.json["error_code"] == "rate_limited"
-    assert 1 <= int(rejected.headers["retry-after"]) <= 60
-    assert rejected.headers["x-ratelimit-remaining"] == "0"
-    # another key has its own budget (its override)
-    other = [client.simulate_get("/api/v1/positions", headers={"X-API-Key": KEY_A}).status_code for _ in range(6)]
+    assert 1 <= int(rejected.headers["retry-after"]) <= 20  # one token every 20 s at 3/min
+    assert rejected.headers["x-ratelimit-limit"] == "3"
+    # another key has its own bucket (its override)
+    other = [client.simulate_get("/api/v1/positions", headers={"X-API-Key": other_key}).status_code for _ in range(6)]
     assert other == [200] * 5 + [429]
+    # the single-position read admits in its own statement: the same bucket, the same headers
+    single = client.simulate_get("/api/v1/positions/BTCUSDT")
+    assert single.status_code == 429 and single.headers["x-ratelimit-remaining"] == "0"
     # /health is not limited
     assert client.simulate_get("/health").status_code == 200
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app.settings import VARIABLE_NAMES
+from app.settings import VARIABLE_NAMES, ConfigError, load, require_api_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -25,6 +25,9 @@ CONTAINER_OWN = {
                 "GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "PM_GRAFANA_DB_ADDRESS", "PM_GRAFANA_DB_NAME",
                 "PM_GRAFANA_DB_USER", "PM_GRAFANA_DB_PASSWORD", "PM_GRAFANA_DB_SSLMODE"},
 }
+# Secrets: compose must refuse to start without them (`${NAME:?...}`), never fall back to a default.
+SECRETS = {"POSTGRES_PASSWORD", "RABBITMQ_PASSWORD", "POSITION_MANAGER_API_KEY", "GRAFANA_ADMIN_PASSWORD",
+           "PM_GRAFANA_DB_PASSWORD"}
 # Variables interpolated by compose itself from the operator's shell or .env (not container settings).
 COMPOSE_ONLY = {"GRAFANA_ADMIN_PASSWORD", "PM_GRAFANA_DB_PASSWORD"}
 
@@ -113,3 +116,29 @@ def test_the_trading_stack_variables_reach_the_processes_that_use_them():
     scheduler = SERVICES["scheduler"]["environment"]
     assert scheduler["BYBIT_ENVIRONMENT"] == "${BYBIT_ENVIRONMENT:-mainnet}"
     assert scheduler["BYBIT_API_URL"] == "${BYBIT_API_URL:-}"
+
+
+def test_no_secret_has_a_default():
+    text = (ROOT / "docker-compose.yml").read_text()
+    uses = re.findall(r"\$\{([A-Z_][A-Z0-9_]*)([^}]*)\}", text)
+    for name, rest in uses:
+        if name in SECRETS:
+            assert rest.startswith(":?"), f"${{{name}{rest}}} must be required, not defaulted"
+    assert SECRETS <= {name for name, _ in uses}
+    for service in SERVICES.values():   # and no literal password either
+        for variable, value in (service.get("environment") or {}).items():
+            if "PASSWORD" in variable or variable.endswith(("_KEY", "_PASS", "_SECRET")):
+                assert str(value).startswith("${"), (variable, value)
+
+
+def test_env_example_holds_no_working_credential():
+    """A new user's `cp env.example .env`: the API refuses to start, naming the key to set."""
+    env = {}
+    for line in (ROOT / "env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            name, _, value = line.partition("=")
+            env[name] = value
+    assert env["POSITION_MANAGER_API_KEY"] == "" and env["POSITION_MANAGER_RATE_LIMIT_OVERRIDES"] == ""
+    assert env["POSITION_MANAGER_JWT_SECRET"] == "" and env["POSITION_MANAGER_GRAFANA_PASSWORD"] == ""
+    with pytest.raises(ConfigError, match="^POSITION_MANAGER_API_KEY is empty"):
+        require_api_keys(load(env))

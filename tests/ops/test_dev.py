@@ -23,6 +23,7 @@ from tests.conftest import base_environ
 from bench.common import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
+OWN_KEY = "a-key-of-my-own-Vt5Qw8Jz3Hn6"   # the API refuses short or placeholder keys
 QUEUE_SETTINGS = ["POSITION_MANAGER_ORDER_QUEUE", "POSITION_MANAGER_POSITION_QUEUE",
                   "POSITION_MANAGER_DEAD_LETTER_QUEUE", "POSITION_MANAGER_POSITION_UPDATED_QUEUE",
                   "POSITION_MANAGER_PORTFOLIO_UPDATED_QUEUE", "POSITION_MANAGER_SNAPSHOT_CREATED_QUEUE"]
@@ -165,7 +166,7 @@ def test_dev_runs_everything_with_demo_and_ctrl_c_stops_it(dev_env):
 
 def test_dev_without_rabbitmq_serves_degraded_and_demo_uses_sql(dev_env):
     dev_env["RABBITMQ_PORT"] = str(free_port())
-    dev_env["POSITION_MANAGER_API_KEY"] = "my-own-key"
+    dev_env["POSITION_MANAGER_API_KEY"] = OWN_KEY
     run = DevRun(dev_env, "--demo")
     try:
         run.wait_for_line(r"RabbitMQ does not answer .*consumers NOT started")
@@ -174,7 +175,7 @@ def test_dev_without_rabbitmq_serves_degraded_and_demo_uses_sql(dev_env):
         assert "DEVELOPMENT-ONLY" not in run.output()
         status, health = run.get("/health")
         assert status == 200 and health["status"] == "degraded" and health["queue_connected"] is False
-        _assert_demo_visible(run, "my-own-key")
+        _assert_demo_visible(run, OWN_KEY)
         assert run.interrupt() == 130
         assert run.alive_descendants() == []
     finally:
@@ -194,13 +195,13 @@ def test_dev_starts_a_private_postgres_when_none_answers(dev_env):
     data_root.chmod(0o755)  # the server may run as the postgres system user (initdb refuses root)
     env = {k: v for k, v in dev_env.items() if k != "POSTGRES_HOST"}
     env.update(POSTGRES_PORT=str(free_port()), RABBITMQ_PORT=str(free_port()), POSTGRES_DB="ytrader",
-               POSITION_MANAGER_API_KEY="k", PM_DEV_PGDATA=str(data_root / "data"))
+               POSITION_MANAGER_API_KEY=OWN_KEY, PM_DEV_PGDATA=str(data_root / "data"))
     env.pop("POSTGRES_USER", None)
     run = DevRun(env, "--demo")
     try:
         match = run.wait_for_line(r"started a private PostgreSQL on 127\.0\.0\.1:(\d+)", timeout=180)
         run.wait_for_line(r"^dev: running", timeout=180)
-        _assert_demo_visible(run, "k")
+        _assert_demo_visible(run, OWN_KEY)
         pid_file = data_root / "data" / "postmaster.pid"
         postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
         assert match.group(1) == pid_file.read_text().splitlines()[3].strip()

@@ -1,16 +1,20 @@
 """The Grafana dashboard: every panel's SQL, with Grafana's macros expanded the way its PostgreSQL
-datasource expands them, runs as the read-only role pm_grafana against a migrated database with
-data; and that role can read the pm views and nothing else."""
+datasource expands them, runs as a login role granted the read-only role pm_grafana against a
+migrated database with data; that role can read the pm views and nothing else; pm_grafana itself
+logs in only with a password given at migrate time."""
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 import yaml
 
 from app.figures import Figures
@@ -20,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "grafana" / "dashboards" / "position-manager.json"
 DATASOURCES = ROOT / "grafana" / "provisioning" / "datasources"
 PROVIDERS = ROOT / "grafana" / "provisioning" / "dashboards"
-GRAFANA_ROLE, GRAFANA_DEFAULT_PASSWORD = "pm_grafana", "pm_grafana"
+GRAFANA_ROLE = "pm_grafana"
 
 _INTERVAL_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -97,10 +101,26 @@ def grafana_db(db, settings):
                "'{not json', '{\"x-source-queue\": \"order-manager.order_executed\"}'::jsonb)")
     for role, figures in role_figures().items():
         db.execute("SELECT pm.heartbeat(%s, %s, now(), %s::jsonb)", (role, f"test:{role}", figures.as_json()))
-    conn = psycopg.connect(**{**settings.conninfo(), "user": GRAFANA_ROLE, "password": GRAFANA_DEFAULT_PASSWORD},
-                           autocommit=True)
-    yield conn
-    conn.close()
+    with grafana_login(db, settings) as conn:
+        yield conn
+
+
+@contextlib.contextmanager
+def grafana_login(db, settings):
+    """A connection as a login role of the operator's that bin/migrate granted pm_grafana (the
+    ytrader way: POSITION_MANAGER_GRAFANA_LOGIN_ROLE=grafana_monitor), made for this test and
+    dropped afterwards (roles are cluster-wide)."""
+    role = f"pm_test_grafana_{uuid.uuid4().hex[:12]}"
+    db.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        db.execute("SELECT pm.grafana_access(%s, NULL)", (role,))
+        conn = psycopg.connect(**{**settings.conninfo(), "user": role}, autocommit=True)
+        try:
+            yield conn
+        finally:
+            conn.close()
+    finally:
+        db.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
 
 
 def role_figures() -> dict[str, Figures]:
@@ -215,9 +235,27 @@ def test_read_only_role_cannot_touch_tables_or_write(grafana_db, db, statement):
     assert db.execute("SELECT current_price FROM public.positions WHERE asset='BTCUSDT'").fetchone()[0] == 61000
 
 
-def test_role_settings_guard_the_database(grafana_db):
-    assert grafana_db.execute("SHOW default_transaction_read_only").fetchone()[0] == "on"
-    assert grafana_db.execute("SHOW statement_timeout").fetchone()[0] == "30s"
+def test_pm_grafana_itself_logs_in_only_with_the_password_given_at_migrate_time(db, settings):
+    """NOLOGIN by default (no known password opens it); bin/migrate with
+    POSITION_MANAGER_GRAFANA_PASSWORD lets it log in, with its read-only guards."""
+    assert db.execute("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'pm_grafana'").fetchone() == (False,)
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(**{**settings.conninfo(), "user": GRAFANA_ROLE, "password": "pm_grafana"})
+    try:
+        (access,) = db.execute("SELECT pm.grafana_access(NULL, %s)", ("a-password-of-the-operator-7",)).fetchone()
+        assert access == {"login_role": None, "pm_grafana_can_login": True}
+        with psycopg.connect(**{**settings.conninfo(), "user": GRAFANA_ROLE}, autocommit=True) as conn:
+            assert conn.execute("SHOW default_transaction_read_only").fetchone()[0] == "on"
+            assert conn.execute("SHOW statement_timeout").fetchone()[0] == "30s"
+            assert conn.execute("SELECT count(*) FROM pm.v_positions").fetchone()[0] >= 0
+    finally:
+        db.execute("ALTER ROLE pm_grafana NOLOGIN PASSWORD NULL")  # cluster-wide: back to the default
+
+
+@pytest.mark.parametrize("role, problem", [("pm_grafana", "not pm_grafana itself"), ("no_such_role_here", "no role named")])
+def test_grafana_access_names_a_bad_login_role(db, role, problem):
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=problem):
+        db.execute("SELECT pm.grafana_access(%s, NULL)", (role,))
 
 
 def test_dashboard_shape():
@@ -245,6 +283,7 @@ def test_provisioning_files_point_at_the_dashboard_and_role():
     (source,) = [d for s in sources for d in s["datasources"]]
     assert source["uid"] == "pm-postgres" and source["type"] == "grafana-postgresql-datasource"
     assert source["user"] == "${PM_GRAFANA_DB_USER}"
+    assert source["secureJsonData"]["password"] == "${PM_GRAFANA_DB_PASSWORD}"  # never a value in the file
     providers = [p for f in PROVIDERS.glob("*.yaml") for p in yaml.safe_load(f.read_text())["providers"]]
     assert providers and all(p["type"] == "file" for p in providers)
 

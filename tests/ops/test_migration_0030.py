@@ -44,9 +44,12 @@ def test_apply_twice_rollback_twice_apply_again(db, settings):
     assert all(grafana_can_read(db, v) for v in VIEWS)
 
 
-def test_role_is_read_only_login_and_grants_no_table(db):
-    login, superuser = db.execute("SELECT rolcanlogin, rolsuper FROM pg_roles WHERE rolname = 'pm_grafana'").fetchone()
-    assert login and not superuser
+def test_role_cannot_log_in_by_default_and_grants_no_table(db):
+    """0030 created it LOGIN with a known default password; 0072 took the login away (bin/migrate
+    gives it back only with a password of the operator's, tests/ops/test_grafana.py)."""
+    login, superuser, password = db.execute(
+        "SELECT rolcanlogin, rolsuper, rolpassword FROM pg_authid WHERE rolname = 'pm_grafana'").fetchone()
+    assert not login and not superuser and password is None
     tables = db.execute(
         "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname IN ('pm', 'public') AND c.relkind IN ('r', 'p') "

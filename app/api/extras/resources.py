@@ -19,38 +19,46 @@ from app.api.resources import PositionResource, PositionsResource, call_one, cal
 
 HISTORY_LIMIT_MAX = 1000
 PRICES_MAX_SYMBOLS = 1000
-# Bodies are small JSON objects; anything larger is a mistake (or an attack).
-BODY_MAX_BYTES = 256 * 1024
-_IF_MATCH = re.compile(r'^(W/)?"(\d{1,10})"$')
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
+_IF_MATCH = re.compile(r'^(?:(?:W/)?"(\d{1,10})"|(\d{1,10}))$')   # an ETag of GET, or its bare version
 
 
 def json_body(req: falcon.Request, *, required: bool = True):
-    """The request body as JSON (any type; the SQL function checks the shape and names fields)."""
-    length = req.content_length
-    if length is not None and length > BODY_MAX_BYTES:
-        raise ApiError(413, "payload_too_large", f"body larger than {BODY_MAX_BYTES} bytes")
-    raw = req.bounded_stream.read(BODY_MAX_BYTES + 1)
-    if len(raw) > BODY_MAX_BYTES:
-        raise ApiError(413, "payload_too_large", f"body larger than {BODY_MAX_BYTES} bytes")
+    """The request body as JSON (any type; the SQL function checks the shape and names fields).
+    Content-Type must be JSON when given (415); at most POSITION_MANAGER_MAX_BODY_BYTES are read:
+    a longer body is 413 (announced by Content-Length: refused before reading any of it, see
+    app.api.middleware.BodyLimitMiddleware; chunked: after reading one byte more than the limit)."""
+    media = (req.content_type or "").split(";")[0].strip().lower()
+    if media and not _JSON_TYPE.match(media):
+        raise ApiError(415, "unsupported_media_type", f"expected Content-Type: application/json, got {media[:80]!r}")
+    limit = req.context.max_body_bytes
+    # with a Content-Length (at most the limit: BodyLimitMiddleware) the bounded stream; chunked, the
+    # server's stream, never more than one byte past the limit
+    raw = (req.bounded_stream if req.content_length is not None else req.stream).read(limit + 1)
+    if len(raw) > limit:
+        raise ApiError(413, "payload_too_large", f"body larger than {limit} bytes")
     if not raw.strip():
         if required:
             raise bad_parameter("body", "a JSON object is required")
         return None
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_parameter("body", f"not valid JSON: {exc}") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise bad_parameter("body", f"not valid JSON: {str(exc)[:200]}") from None
 
 
 def expected_version(req: falcon.Request) -> int | None:
-    """If-Match: the version the client last saw (an ETag of GET, W/"7" or "7"); * or absent = any.
-    Any other value is an ETag this service never issued: it cannot match, so the answer is 412
-    (an If-Match that names no current representation fails), expressed as a version no position has."""
+    """If-Match: the version the client last saw, as an ETag of GET (W/"7" or "7", or the bare 7);
+    * or absent = any. Anything else is not an ETag: 400 naming the header. A well-formed ETag of another version
+    is answered 412 by the SQL function."""
     header = req.get_header("If-Match")
     if header is None or header.strip() == "*":
         return None
     match = _IF_MATCH.match(header.strip())
-    return int(match.group(2)) if match else -1
+    if match is None:
+        raise bad_parameter("If-Match", f'expected * or an ETag of this API such as W/"7", got {header[:40]!r}')
+    version = int(match.group(1) or match.group(2))
+    return version if version <= params.INT4_MAX else -1   # no position has it: 412
 
 
 def _set_etag(resp: falcon.Response, position: dict) -> None:

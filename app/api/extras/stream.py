@@ -17,7 +17,11 @@ POSITION_MANAGER_STREAM_HEARTBEAT seconds, so proxies keep the connection and a 
 is noticed. A stream ends after POSITION_MANAGER_STREAM_MAX_SECONDS (EventSource reconnects and
 resumes), and a worker serves at most (threads - 1) streams at once, so one thread of every
 gunicorn gthread worker is always free for other requests; one more gets 503 + Retry-After.
-Each stream holds its own database connection (LISTEN needs a session), not one of the pool.
+One key (or token subject) holds at most POSITION_MANAGER_STREAM_MAX_PER_KEY streams at once over
+every worker and instance (a slot is a session advisory lock of the stream's connection,
+pm.stream_take_slot, so it is freed whenever that connection goes); one more gets 429, and other
+keys still get theirs. Each stream holds its own database connection (LISTEN needs a session), not
+one of the pool.
 """
 from __future__ import annotations
 
@@ -98,6 +102,7 @@ class StreamResource:
         self.settings = settings
         self.heartbeat = float(settings.stream_heartbeat)
         self.max_seconds = float(settings.stream_max_seconds)
+        self.max_per_key = settings.stream_max_per_key
         self.max_streams = max(settings.api_threads - 1, 0) if max_streams is None else max_streams
         self._slots = threading.BoundedSemaphore(self.max_streams) if self.max_streams > 0 else None
 
@@ -116,6 +121,13 @@ class StreamResource:
             raise database_unavailable() from None
         slot = _StreamSlot(conn, self._slots)
         try:
+            # the key's own cap, over every worker and instance: a slot is held by this connection
+            (held,) = conn.execute(q("extras_stream_slot"), {"key_hash": req.context.caller.key_hash,
+                                                             "cap": self.max_per_key}).fetchone()
+            if held is None:
+                raise ApiError(429, "too_many_streams",
+                               f"this key already holds {self.max_per_key} live streams (the most one key may "
+                               "hold at once); close one or retry later", {"Retry-After": "5"})
             conn.execute(q("extras_stream_listen"))  # before the first read: no commit falls between
             (head,) = conn.execute(q("extras_stream_head")).fetchone()
         except BaseException:
@@ -133,7 +145,7 @@ class StreamResource:
     def _last_event_id(req: falcon.Request) -> int | None:
         header = req.get_header("Last-Event-ID")
         query = params.integer(req, "last_event_id", default=None, minimum=0, maximum=2**63 - 1)
-        if header is None or not header.strip():
+        if header is None:
             return query
         if not header.strip().isdigit() or len(header.strip()) > 18:
             raise bad_parameter("Last-Event-ID", f"expected an event id (a non-negative integer), got {header[:40]!r}")
