@@ -157,7 +157,6 @@ def test_serve_refuses_bad_configuration_naming_the_variable(settings, variable,
         assert value not in result.stderr  # a refused key is not echoed
 
 
-
 def test_metrics_add_up_every_worker(start_server, settings, db, tmp_path):
     """prometheus_client's multiprocess mode under gunicorn: whichever of the 3 workers answers a
     scrape, it counts the requests and cache lookups of all of them; a directory given in
