@@ -179,7 +179,7 @@ def figures_of(results: list[dict]) -> list[dict]:
         key = re.sub(r"[^a-z0-9]+", "_", r["endpoint"].lower().replace("/api/v1", "")).strip("_")
         is_ref = r["endpoint"] == ENDPOINTS[0][0]
         conns = f"{c} connection{'s' if c > 1 else ''}"
-        ref_label = f"SELECT 1 through the same stack, {conns}"
+        ref_label = f"SELECT 1 behind the same key check, no rate limit, {conns}"
         out.append(figure(f"c{c}_{key}_rps", f"{r['endpoint']}, {conns}", r["rps"], "requests/s",
                           p50_ms=r["p50_ms"], p99_ms=r["p99_ms"],
                           reference=None if is_ref else reference(ref_label, ref["rps"], "requests/s")))
