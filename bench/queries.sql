@@ -175,3 +175,13 @@ SELECT count(pm.apply_order_event(jsonb_build_object(
            'execution_fees', '0.01',
            'executed_at', to_char(timestamptz '2025-01-01' + make_interval(mins => g * 2 + leg), 'YYYY-MM-DD"T"HH24:MI:SS"Z"'))))
   FROM generate_series(1, %(holdings)s) g, (VALUES (1), (2)) l(leg)
+
+-- ===== bench/latency_bench.py: from a message to its row and its event =====
+
+-- name: latency_listen
+-- The row watcher wakes on the outbox's notification (sent at commit, in the writing transaction).
+LISTEN pm_outbox
+
+-- name: latency_probe_versions
+-- The probe symbols' one-way versions, read at each notification.
+SELECT asset, version FROM public.positions WHERE asset = ANY(%(assets)s::text[]) AND mode = 'one-way'
