@@ -23,14 +23,16 @@ START, END = "<!-- perf-table:start -->", "<!-- perf-table:end -->"
 SQLSTATE_START, SQLSTATE_END = "<!-- sqlstate-table:start -->", "<!-- sqlstate-table:end -->"
 
 # Benchmarks in the order the documents show them: result name -> script.
-SCRIPTS = {"sql": "sql_bench.py", "e2e": "e2e_bench.py", "http": "http_bench.py", "scaleout": "scaleout_bench.py",
-           "snapshot": "snapshot_bench.py", "extras": "extras_bench.py", "soak": "soak.py"}
+SCRIPTS = {"sql": "sql_bench.py", "e2e": "e2e_bench.py", "latency": "latency_bench.py", "http": "http_bench.py",
+           "scaleout": "scaleout_bench.py", "snapshot": "snapshot_bench.py", "extras": "extras_bench.py", "soak": "soak.py"}
 # The README's table: (result, figure key, short name).
 HEADLINE = [
     ("sql", "empty_k100_pipeline", "SQL core: `pm.apply_order_event`, pipelined, commit every 100"),
     ("sql", "empty_k100_apply_batch", "SQL core: `pm.apply_batch` of 100 (the consumers' path)"),
     ("sql", "grown_k100_pipeline", "SQL core with a grown ledger (pipelined)"),
     ("e2e", "e2e", "pipeline end to end: queue -> consumer -> positions"),
+    ("latency", "idle_execution_event_p99", "latency p99, idle: execution published -> `position_updated` received"),
+    ("latency", "load_execution_event_p99", "the same at half the capacity measured in that run"),
     ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections"),
     ("http", "c8_portfolio_rps", "`GET /api/v1/portfolio`, 8 connections"),
     ("snapshot", "fills_during_cleanup", "fill latency p99 while retention deletes a day"),

@@ -578,6 +578,7 @@ def main(argv: list[str] | None = None) -> int:
                 "drain_seconds_after_load": round(drained, 2),
                 "listen_query_ms": extra.get("reads"), "events_seen_by_watcher": extra.get("events_seen"),
                 "http_ms": {phase: stats(phases[phase]["price"]["http"]) for phase in PHASES},
+                "http_samples_ms": {phase: phases[phase]["price"]["http"] for phase in PHASES},
                 "samples_ms": {phase: {kind: {end: phases[phase][kind][end] for end in ENDS} for kind in KINDS}
                                for phase in PHASES},
                 "problems": problems[:20]})

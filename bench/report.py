@@ -28,10 +28,11 @@ from bench import docs_gen  # noqa: E402
 
 ROOT = docs_gen.ROOT
 RESULTS = docs_gen.RESULTS
-BENCHES = ("sql", "http", "e2e", "snapshot", "scaleout", "extras", "soak")
+BENCHES = ("sql", "http", "e2e", "latency", "snapshot", "scaleout", "extras", "soak")
 MODEST = {"sql": ["--n", "10000", "--pgbench-seconds", "5", "--repeat", "1"],
           "http": ["--duration", "2", "--rounds", "3"],
           "e2e": ["--n", "10000"],
+          "latency": ["--samples", "50", "--burst", "5000"],
           "snapshot": ["--days", "14", "--backlog-days", "3"],
           "scaleout": ["--fills", "4000", "--seconds", "6"],
           "extras": ["--holdings", "2000", "--fills", "100"]}
@@ -57,6 +58,10 @@ def run_benchmark(name: str, full: bool, soak_duration: float | None) -> bool:
 # Plots: one PNG per figure whose data is in the results
 # ------------------------------------------------------------------------------------------------
 
+LATENCY_KINDS = ("execution", "position", "price")
+LATENCY_TITLE = {"execution": "an execution on the order queue",
+                 "position": "an exchange position event on the position queue",
+                 "price": "a price push, POST /api/v1/prices"}
 SQL_SHORT = {"k1": "commit\nevery 1", "k100": "commit\nevery 100", "k100_pipeline": "pipelined,\nevery 100",
              "k100_apply_batch": "apply_batch\nof 100"}
 
@@ -70,6 +75,8 @@ def plot_names(results: dict) -> list[str]:
         names += ["api_throughput_c1", "api_throughput_c8", "api_latency"]
     if "e2e" in results:
         names.append("e2e_throughput")
+    if "latency" in results:
+        names += [f"latency_{kind}" for kind in LATENCY_KINDS]
     if "snapshot" in results:
         names.append("jobs_fill_latency")
     if results.get("soak", {}).get("detail", {}).get("timeseries"):
@@ -146,6 +153,35 @@ def plots(results: dict, plt, out: Path = RESULTS) -> list[str]:
         ax.set_ylabel("executions / s")
         ax.set_title(f"Pipeline: {results['e2e']['params']['n']:,} executions through the order queue")
         save(fig, "e2e_throughput")
+
+    if "latency" in results:
+        run = results["latency"]
+        detail = run["detail"]
+        fraction = run["params"]["load_fraction"]
+        styles = {("idle", "row"): ("#4c72b0", "--"), ("idle", "event"): ("#4c72b0", "-"),
+                  ("load", "row"): ("#c44e52", "--"), ("load", "event"): ("#c44e52", "-")}
+        for kind in LATENCY_KINDS:
+            fig, ax = plt.subplots(figsize=(7, 3.6))
+            for (phase, end), (color, line) in styles.items():
+                samples = sorted(detail["samples_ms"][phase][kind][end])
+                if not samples:
+                    continue
+                where = "idle" if phase == "idle" else f"{fraction:.0%} of capacity"
+                what = "row updated" if end == "row" else "position_updated received"
+                ax.step(samples, [(i + 1) / len(samples) for i in range(len(samples))], where="post",
+                        color=color, linestyle=line, lw=1.2, label=f"{where}: {what}")
+            for phase, target in detail["targets_ms"].items():
+                ax.axvline(target, color="#4c72b0" if phase == "idle" else "#c44e52", lw=0.8, alpha=0.6)
+                ax.annotate(f"p99 target {phase}: {target:g} ms", (target, 0.03), fontsize=7, rotation=90,
+                            ha="right", va="bottom")
+            ax.axhline(0.99, color="grey", lw=0.6, linestyle=":")
+            ax.set_xscale("log")
+            ax.set_ylim(0, 1.02)
+            ax.set_xlabel("ms from publishing (sending) the input")
+            ax.set_ylabel("share of inputs (CDF)")
+            ax.set_title(f"Latency of {LATENCY_TITLE[kind]}", fontsize=10)
+            ax.legend(fontsize=7, loc="lower right")
+            save(fig, f"latency_{kind}")
 
     if "snapshot" in results:
         detail = results["snapshot"]["detail"]
@@ -260,6 +296,35 @@ def markdown(results: dict) -> str:
             lines += ["| CPU per execution, end to end | µs |", "|---|---:|"]
             lines += [f"| {k} | {num(v)} |" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])]
             lines.append("")
+
+    run = head("latency", "Latency: from a message to its position row and its event")
+    if run:
+        detail = run["detail"]
+        for kind in LATENCY_KINDS:
+            image(f"latency_{kind}", f"latency CDF of {LATENCY_TITLE[kind]}")
+        fraction = run["params"]["load_fraction"]
+        lines += [f"Capacity measured in this run: {num(detail['capacity']['rate'])} executions/s (a burst of "
+                  f"{detail['capacity']['n']:,}, applied and relayed); the load: {num(detail['background_rate'])} "
+                  f"executions/s in the background ({detail['background_rate'] / detail['capacity']['rate']:.0%}). "
+                  "Row: the LISTEN pm_outbox watcher's read after the commit's notification (that read took "
+                  f"p50 {num((detail.get('listen_query_ms') or {}).get('p50'), 'ms')} ms); event: arrival on a "
+                  "queue bound to the events exchange.", "",
+                  "| phase | input | until | n | p50 ms | p99 ms | max ms | p99 target ms | met |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---|"]
+        for phase in ("idle", "load"):
+            where = "idle" if phase == "idle" else f"{fraction:.0%} of capacity"
+            for kind in LATENCY_KINDS:
+                for end in ("row", "event"):
+                    s_ = detail["summary"][phase][kind][end]
+                    target = detail["targets_ms"][phase]
+                    lines.append(f"| {where} | {kind} | {end} | {s_['n']} | {num(s_['p50'], 'ms')} | "
+                                 f"{num(s_['p99'], 'ms')} | {num(s_['max'], 'ms')} | {target:g} | "
+                                 f"{'yes' if s_['p99'] <= target else '**no**'} |")
+        http = detail.get("http_ms") or {}
+        if http:
+            lines += ["", "The price push's HTTP answer (the row is committed by then): " + "; ".join(
+                f"{phase} p50 {num(h['p50'], 'ms')} ms, p99 {num(h['p99'], 'ms')} ms" for phase, h in http.items()) + "."]
+        lines.append("")
 
     if head("scaleout", "Scaling out on one machine"):
         lines += ["Final positions identical with one or two consumers: "
