@@ -389,6 +389,48 @@ def capacity(settings, conn, flow: Flow, n: int, services) -> dict:
             "publish_seconds": published - t0, "seconds": relayed - t0}
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine spent busy since boot (/proc/stat: all but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / common.CLK_TCK
+
+
+def broker_pids() -> list[int]:
+    """The RabbitMQ server's Erlang VM (shared with other work on this machine)."""
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+            and b"beam.smp" in (lambda p: p.read_bytes() if p.exists() else b"")(e / "cmdline")]
+
+
+class CpuShare:
+    """CPU of the run's processes, of the broker and of the whole machine between start() and stop(),
+    in cores (CPU seconds per second): shows how much of the 2 cores the rest of the machine took."""
+
+    def __init__(self, db, services, children) -> None:
+        self.db, self.services, self.children = db, services, children
+
+    def sample(self) -> dict[str, float]:
+        out = {"machine": machine_busy_seconds()}
+        for s in self.services:                       # the role's process, gunicorn's master and workers
+            out[f"python {s.name}"] = sum(common.cpu_seconds(p) or 0.0 for p in [s.pid, *s.children()])
+        for name, child in self.children.items():
+            out[f"bench {name}"] = common.cpu_seconds(child.pid) or 0.0
+        out["postgres backends of the run's database"] = sum(
+            common.cpu_seconds(pid) or 0.0 for pid, _query in self.db.execute(q("client_backends")).fetchall())
+        out["rabbitmq (the shared broker)"] = sum(common.cpu_seconds(p) or 0.0 for p in broker_pids())
+        return out
+
+    def start(self) -> None:
+        self.t0, self.first = time.monotonic(), self.sample()
+
+    def stop(self) -> dict[str, float]:
+        last, seconds = self.sample(), time.monotonic() - self.t0
+        cores = {k: round((last[k] - self.first.get(k, 0.0)) / seconds, 3) for k in last}
+        ours = sum(v for k, v in cores.items() if k != "machine")
+        cores["everything else on the machine"] = round(max(0.0, cores["machine"] - ours), 3)
+        return cores
+
+
 def queue_depth(ch, name: str) -> int:
     return ch.queue_declare(name, passive=True).method.message_count
 
@@ -491,10 +533,13 @@ def main(argv: list[str] | None = None) -> int:
             timer.pump(end - time.monotonic())
         depth_ch = timer.mq.channel()
         depths: list[int] = []
+        cpu = CpuShare(db, services, {"row watcher": children[0], "event watcher": children[1], "background": bg})
+        cpu.start()
         bg_t0, bg_n0 = time.monotonic(), sent.value
         load = timer.series(args.samples, args.spacing, rng,
                             during=lambda: depths.append(queue_depth(depth_ch, settings.order_queue)))
         bg_rate = (sent.value - bg_n0) / (time.monotonic() - bg_t0)
+        cores = cpu.stop()
         stop_bg.set()
         bg.join(30)
         total = args.burst + sent.value
@@ -576,6 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 "capacity": cap, "background_target_rate": rate, "background_rate": bg_rate,
                 "order_queue_depth_while_sampling": stats([float(d) for d in depths]),
                 "drain_seconds_after_load": round(drained, 2),
+                "cores_while_sampling_under_load": cores,
                 "listen_query_ms": extra.get("reads"), "events_seen_by_watcher": extra.get("events_seen"),
                 "http_ms": {phase: stats(phases[phase]["price"]["http"]) for phase in PHASES},
                 "http_samples_ms": {phase: phases[phase]["price"]["http"] for phase in PHASES},
@@ -592,6 +638,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{phase:5} {kind:10} {end:6} (n={s['n']:4})  {s['p50']:8.1f} {s['p99']:8.1f} {s['max']:8.1f}  {ok}")
     print(f"capacity {cap['rate']:,.0f} executions/s; background {bg_rate:,.0f}/s "
           f"({bg_rate / cap['rate']:.0%}); drained {drained:.1f}s after the load")
+    print("cores used while sampling under load: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
     if problems:
         print(f"\nFAILED ({len(problems)}):")
         for p in problems[:20]:

@@ -12,9 +12,14 @@ leaves the rows unpublished: they are published again (a duplicate that consumer
 message_id), never lost.
 
 It sleeps on LISTEN pm_outbox (the outbox's insert trigger notifies at commit) with a slow
-safety poll, never a hot poll. After publishing position changes it asks
-pm.enqueue_portfolio_event to add one coalesced portfolio_updated event (at most one per
-POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL seconds), retrying until that interval has passed.
+safety poll, never a hot poll. A wake-up takes every notification queued so far (one claim answers
+them all: a notification arrives after its commit, so the claim sees those rows) and claims again
+only after a full batch: a row committed after a claim's snapshot has a notification of its own
+still to come. After publishing position changes it asks pm.enqueue_portfolio_event to add one
+coalesced portfolio_updated event (at most one per POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL
+seconds), retrying until that interval has passed; not sooner than an interval after the one it
+added itself (the database would refuse it anyway), so that a busy relay does not pay a
+transaction per wake-up for nothing.
 
 Figures (app/figures.py): events published by type and the time of each batch, written with the
 relay's heartbeat to pm.heartbeats every POSITION_MANAGER_HEARTBEAT_INTERVAL seconds.
@@ -51,6 +56,7 @@ class OutboxRelay:
         self.mq: pika.BlockingConnection | None = None
         self.publisher: broker.ConfirmingPublisher | None = None
         self.portfolio_pending_since: float | None = None
+        self.portfolio_added_at: float | None = None    # when this relay last added one (monotonic)
         self.kill_after_publish = os.environ.get(KILL_AFTER_PUBLISH_ENV) == "1"
         self.published_total = 0
         self.figures = Figures()
@@ -125,11 +131,13 @@ class OutboxRelay:
             self.heartbeat.beat(self.db)
 
     def _drain(self) -> None:
-        """Publish until nothing is pending; then maybe enqueue (and publish) portfolio_updated."""
+        """Publish until nothing is pending; then maybe enqueue (and publish) portfolio_updated.
+        A batch short of CLAIM_BATCH took every row committed before its claim: rows committed
+        since then notify, and _wait returns at once for them."""
         while not self.stopping:
             published = self._publish_batch()
             self._beat()
-            if published:
+            if published >= CLAIM_BATCH:
                 continue
             if self._maybe_enqueue_portfolio():
                 continue
@@ -158,9 +166,10 @@ class OutboxRelay:
             self.figures.inc("published", row[2])
         if any(r[2] == "position_updated" for r in rows) and self.portfolio_pending_since is None:
             self.portfolio_pending_since = time.monotonic()
-        for _id, event_id, event_type, trace_id, _payload in rows:
-            log.debug("event published", extra={"event_id": str(event_id), "event_type": event_type,
-                                                "trace_id": trace_id, "queue": self.queues[event_type]})
+        if log.isEnabledFor(logging.DEBUG):
+            for _id, event_id, event_type, trace_id, _payload in rows:
+                log.debug("event published", extra={"event_id": str(event_id), "event_type": event_type,
+                                                    "trace_id": trace_id, "queue": self.queues[event_type]})
         log.info("events published", extra={"count": len(rows), "published_total": self.published_total})
         return len(rows)
 
@@ -168,10 +177,14 @@ class OutboxRelay:
         """True when a portfolio_updated row was added (to be published now)."""
         if self.portfolio_pending_since is None:
             return False
+        interval = float(self.settings.portfolio_event_interval)
+        if self.portfolio_added_at is not None and time.monotonic() - self.portfolio_added_at < interval:
+            return False   # this relay added one less than an interval ago: the database would say no
         with appdb.write_transaction(self.db):
             added = self.db.execute(appdb.q("pipeline_enqueue_portfolio_event"), {
                 "interval": self.settings.portfolio_event_interval}).fetchone()[0]
-        interval = float(self.settings.portfolio_event_interval)
+        if added:
+            self.portfolio_added_at = time.monotonic()
         if added or time.monotonic() - self.portfolio_pending_since > interval + 1.0:
             # added, or a whole interval passed: a false answer now means nothing changed since
             # the last portfolio event (another relay emitted it)
@@ -188,6 +201,9 @@ class OutboxRelay:
             notified = False
             for _notify in self.listen_conn.notifies(timeout=min(left, 1.0), stop_after=1):
                 notified = True
+            if notified:
+                for _notify in self.listen_conn.notifies(timeout=0):   # those queued meanwhile: one claim
+                    pass
             self.mq.process_data_events(time_limit=0)  # heartbeats
             self._beat()
             if notified:
