@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import contextvars
+import json
 import logging
 import sys
+import time
 
 from pythonjsonlogger.json import JsonFormatter
 
@@ -22,16 +24,74 @@ class _ContextFilter(logging.Filter):
         return True
 
 
+DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
+
+
+class _JsonHandler(logging.StreamHandler):
+    """setup()'s handler; info_lines() writes lines of the same shape without a LogRecord each."""
+
+    def __init__(self, stream, service: str) -> None:
+        super().__init__(stream)
+        self.service = service
+
+
 def setup(service: str, level: str = "INFO", stream=None) -> None:
     """Route the root logger to one JSON line per record on stderr (or `stream`)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = _JsonHandler(stream or sys.stderr, service)
     handler.setFormatter(JsonFormatter(
         "%(asctime)s %(levelname)s %(name)s %(message)s %(service)s %(trace_id)s",
         rename_fields={"levelname": "level", "asctime": "timestamp", "name": "logger"},
-        datefmt="%Y-%m-%dT%H:%M:%S%z",
+        datefmt=DATEFMT,
     ))
     handler.addFilter(_ContextFilter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pika").setLevel(logging.WARNING)
+
+
+def _plain_json_handler(logger: logging.Logger) -> _JsonHandler | None:
+    """setup()'s handler when it is the only one `logger`'s records reach, else None."""
+    node = logger
+    while node.parent is not None:
+        if node.handlers or not node.propagate:
+            return None
+        node = node.parent
+    handlers = node.handlers
+    if len(handlers) == 1 and type(handlers[0]) is _JsonHandler and len(handlers[0].filters) == 1:
+        return handlers[0]
+    return None
+
+
+def info_lines(logger: logging.Logger, message: str, records: list[dict]) -> None:
+    """Many INFO records of one message (e.g. one per consumed message of a batch): the same JSON
+    lines as `logger.info(message, extra=record)` each, written at once. With setup()'s handler
+    alone, formatted here (~3 us a line instead of ~30 through logging and python-json-logger);
+    with any other logging configuration, through logging record by record."""
+    if not records or not logger.isEnabledFor(logging.INFO):
+        return
+    handler = _plain_json_handler(logger)
+    if handler is None or handler.level > logging.INFO:
+        for extra in records:
+            logger.info(message, extra=extra)
+        return
+    head = {"timestamp": time.strftime(DATEFMT, time.localtime()), "level": "INFO", "logger": logger.name,
+            "message": message, "service": handler.service, "trace_id": None}
+    context_trace = trace_id_var.get()
+    lines = []
+    for extra in records:
+        line = head.copy()
+        line.update(extra)
+        if not line["trace_id"]:
+            line["trace_id"] = context_trace
+        lines.append(json.dumps(line, default=str))
+    lines.append("")
+    text = "\n".join(lines)
+    handler.acquire()
+    try:
+        handler.stream.write(text)
+        handler.flush()
+    except Exception:  # noqa: BLE001 - as logging does: a broken log stream never stops the caller
+        handler.handleError(logging.makeLogRecord({"msg": message}))
+    finally:
+        handler.release()

@@ -30,7 +30,7 @@ HEADLINE = [
     ("sql", "empty_k100_pipeline", "SQL core: `pm.apply_order_event`, pipelined, commit every 100"),
     ("sql", "empty_k100_apply_batch", "SQL core: `pm.apply_batch` of 100 (the consumers' path)"),
     ("sql", "grown_k100_pipeline", "SQL core with a grown ledger (pipelined)"),
-    ("e2e", "e2e", "pipeline end to end: queue -> consumer -> positions"),
+    ("e2e", "e2e", "pipeline end to end: queue -> consumer -> positions, relay running"),
     ("latency", "idle_execution_event_p99", "latency p99, idle: execution published -> `position_updated` received"),
     ("latency", "load_execution_event_p99", "the same at half the capacity measured in that run"),
     ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections"),

@@ -4,18 +4,27 @@ pm.apply_position_event.
 Per batch (up to POSITION_MANAGER_CONSUMER_BATCH_SIZE messages, flushed early when the queue
 goes quiet for a few milliseconds):
 
-1. Bodies that are not UTF-8 or not JSON are set aside for the dead-letter queue.
-2. The rest are applied in ONE transaction by ONE statement (`pipeline_apply_*_batch`:
-   pm.apply_batch over the bodies as one JSON array; it writes each position once per batch, in
-   (asset, mode) order). When any message raises, that transaction
-   is rolled back and the batch is applied again message by message, each under a SAVEPOINT (at
-   most 50 per transaction): invalid input (class invalid_input of app/sqlstates.py) is rolled
-   back alone and dead-lettered, its neighbours commit.
+1. Bodies that are not UTF-8 are set aside for the dead-letter queue. The others are NOT parsed
+   as JSON here: PostgreSQL parses them anyway.
+2. They are applied in ONE transaction by ONE statement (`pipeline_apply_*_batch`: the bodies as
+   one text[], pm.apply_batch over them; it writes each position once per batch, in (asset, mode)
+   order), which returns plain columns per message. When it raises, that transaction is rolled
+   back; bodies that are not JSON are then set aside for the dead-letter queue (the statement is
+   tried once more without them), and when it still raises the batch is applied again message by
+   message, each under a SAVEPOINT (at most 50 per transaction): invalid input (class
+   invalid_input of app/sqlstates.py) is rolled back alone and dead-lettered, its neighbours commit.
    Savepoints only on this slow path: per message they cost ~30% throughput (measured, see README)
    and more than 64 subtransactions in one transaction overflow PostgreSQL's per-backend subxid
    cache, which slows down every other session's snapshots.
 3. Commit; then dead letters are published (persistent, publisher confirms) and recorded with
    pm.record_dead_letter; then everything done is acknowledged with one `multiple` ack.
+
+Pipelined: the database call runs on a worker thread while this thread receives the next
+messages; when the next batch is ready as a batch commits, it is handed to the database at once,
+and the committed batch is acknowledged, counted and logged while the database applies the next
+(step 3 above, but never before its own commit; a batch with dead letters is finished first,
+since recording them needs the database connection). When nothing else is ready, a committed
+batch is finished at once: a lone message is not held back.
 
 Nothing is acknowledged before its commit. What a database error leads to is decided by its class
 in app/sqlstates.py: when the database is the problem (connection lost, deadlock, serialization,
@@ -49,7 +58,7 @@ from typing import Any
 import pika
 import psycopg
 
-from app import broker, sqlstates
+from app import broker, logs, sqlstates
 from app import db as appdb
 from app.figures import Figures, Heartbeat, event_time
 from app.settings import Settings
@@ -83,9 +92,8 @@ class Delivery:
     redelivered: bool
     received_at: float
     text: str | None = None
-    doc: Any = None
     dead: tuple[str, str] | None = None       # (reason, error code): goes to the dead-letter queue
-    result: dict | None = None                # what the SQL function returned
+    result: dict | None = None                # {status, reason, asset, version[, event_id, trace_id]}
     failure: BaseException | None = None      # unknown error in this attempt
     extra: dict = field(default_factory=dict)
 
@@ -103,16 +111,37 @@ class Delivery:
         return time.time() - t if t is not None else time.monotonic() - self.received_at
 
     def decode(self) -> None:
+        """UTF-8 only, at arrival. The JSON is parsed by PostgreSQL on the batch path, and here only
+        when something needs it (`doc`, `check_json`)."""
         try:
             self.text = self.body.decode("utf-8")
         except UnicodeDecodeError as exc:
             self.dead = (f"invalid UTF-8: {exc}", "invalid_utf8")
+
+    def _parse(self) -> None:
+        if "doc" in self.extra:
+            return
+        self.extra["doc"], self.extra["json_error"] = None, None
+        if self.text is None:
             return
         try:
             # NaN/Infinity are not JSON (Python accepts them, PostgreSQL does not)
-            self.doc = json.loads(self.text, parse_constant=_reject_constant)
+            self.extra["doc"] = json.loads(self.text, parse_constant=_reject_constant)
         except ValueError as exc:
-            self.dead = (f"invalid JSON: {exc}", "invalid_json")
+            self.extra["json_error"] = f"invalid JSON: {exc}"
+
+    @property
+    def doc(self) -> Any:
+        """The body as JSON (parsed once, when first asked), None when it is not JSON."""
+        self._parse()
+        return self.extra["doc"]
+
+    def check_json(self) -> bool:
+        """False, and set aside for the dead-letter queue, when the body is not JSON."""
+        self._parse()
+        if self.extra["json_error"] is not None:
+            self.dead = (self.extra["json_error"], "invalid_json")
+        return self.dead is None
 
     @property
     def key(self) -> str:
@@ -121,14 +150,21 @@ class Delivery:
 
     @property
     def trace_id(self) -> str | None:
+        if self.result is not None and "trace_id" in self.result:   # read by the batch statement
+            return self.result["trace_id"] or self._header_trace_id()
         if isinstance(self.doc, dict) and isinstance(self.doc.get("trace_id"), str):
             return self.doc["trace_id"]
+        return self._header_trace_id()
+
+    def _header_trace_id(self) -> str | None:
         headers = self.properties.headers or {}
         value = headers.get("trace_id")
         return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
     @property
     def event_id(self) -> str | None:
+        if self.result is not None and "event_id" in self.result:   # read by the batch statement
+            return self.result["event_id"] or self.properties.message_id
         if isinstance(self.doc, dict):
             for name in ("event_id", "execution_id", "execId", "id"):
                 if isinstance(self.doc.get(name), (str, int)):
@@ -160,6 +196,20 @@ def lock_key(doc: Any) -> str:
     return ""
 
 
+def _summary(result: Any) -> dict:
+    """What the log line shows of a one-message result (the slow path's pm.apply_*_event):
+    {status, reason, asset, version}, the last position of a multi-record message."""
+    if not isinstance(result, dict):
+        return {"status": None, "reason": None, "asset": None, "version": None}
+    position = result.get("position")
+    if position is None and isinstance(result.get("results"), list):
+        positions = [r.get("position") for r in result["results"] if isinstance(r, dict) and r.get("position")]
+        position = positions[-1] if positions else None
+    return {"status": result.get("status"), "reason": result.get("reason"),
+            "asset": position.get("asset") if position else None,
+            "version": position.get("version") if position else None}
+
+
 def _json_safe(value: Any) -> Any:
     """AMQP header values (bytes, Decimal, datetime, nested tables) as JSON values."""
     return json.loads(json.dumps(value, default=lambda v: v.decode("utf-8", "replace")
@@ -178,6 +228,8 @@ class QueueConsumer:
         self.channel = None
         self.publisher: broker.ConfirmingPublisher | None = None
         self.pending: list[Delivery] = []
+        self.in_flight: list[Delivery] = []     # the batch the database is applying
+        self.unfinished: tuple | None = None    # a committed batch not yet acknowledged (pipelining)
         self.retry: list[tuple[float, Delivery]] = []
         self.attempts: dict[str, int] = {}
         self.last_arrival = 0.0
@@ -267,9 +319,12 @@ class QueueConsumer:
                                      "batch_size": self.settings.consumer_batch_size})
 
     def _drop_mq(self) -> None:
-        # delivery tags die with the channel: whatever was unacknowledged is redelivered
+        # delivery tags die with the channel: whatever was unacknowledged is redelivered (a
+        # committed batch too: the redelivery has no second effect)
         self.pending.clear()
         self.retry.clear()
+        self.in_flight = []
+        self.unfinished = None
         if self.mq is not None:
             try:
                 if self.mq.is_open:
@@ -314,6 +369,7 @@ class QueueConsumer:
                 del self.pending[:batch_size]
                 if not self._flush(batch):
                     return  # stopping while the database is down: leave them unacknowledged
+            self._finish()   # nothing more ready: acknowledge what is committed now
             self._beat()
             if self.stopping:
                 return
@@ -336,19 +392,42 @@ class QueueConsumer:
     # ---- one batch -------------------------------------------------------------------------
 
     def _flush(self, batch: list[Delivery]) -> bool:
-        """Apply, commit, dead-letter and acknowledge one batch. False when stopping before a commit."""
+        """Apply and commit one batch; it is finished (dead-lettered, acknowledged, counted, logged)
+        by _finish: at once when it has dead letters, else while the database applies the next
+        batch, or when no next batch is ready. False when stopping before a commit."""
         for d in batch:
             d.result, d.failure = None, None
-        todo = sorted((d for d in batch if d.dead is None), key=lambda d: d.lock_key)
+        todo = [d for d in batch if d.dead is None]
+        if self.kind == "position":
+            # pm.apply_batch orders the executions of order messages itself (by asset and mode)
+            todo.sort(key=lambda d: d.lock_key)
+        self.in_flight = batch
         started = time.monotonic()
-        if not self._commit_with_retries(todo):
+        try:
+            committed = self._commit_with_retries(todo)
+        finally:
+            self.in_flight = []
+        seconds = time.monotonic() - started
+        self._finish()   # the previous batch, when no database call took it
+        if not committed:
             return False
+        self._count_failures(batch)
+        self.unfinished = (batch, todo, seconds)
+        if any(d.dead is not None for d in batch):
+            self._finish()   # recording dead letters needs the database connection: not deferred
+        return True
+
+    def _finish(self) -> None:
+        """Dead-letter, acknowledge, count and log the committed batch, if one waits."""
+        if self.unfinished is None:
+            return
+        batch, todo, seconds = self.unfinished
+        self.unfinished = None
         if todo:
-            self.figures.observe("batch_seconds", time.monotonic() - started)
+            self.figures.observe("batch_seconds", seconds)
             oldest = min(todo, key=lambda d: d.received_at)
             if oldest.event_time is not None:
                 self.figures.gauge("lag_seconds", max(0.0, oldest.age))
-        self._count_failures(batch)
         dead = [d for d in batch if d.dead is not None]
         if dead:
             self._dead_letter(dead)
@@ -356,17 +435,20 @@ class QueueConsumer:
         self._ack(done)
         self._count(done)
         self._log(batch)
-        return True
 
     def _count(self, done: list[Delivery]) -> None:
         """Outcome and time from arrival to acknowledgement of every finished message."""
         now = time.monotonic()
+        outcomes: dict[str, int] = {}
         for d in done:
             if d.dead is not None:
-                self.figures.inc("messages", "failed" if d.extra.get("exhausted") else "invalid")
+                outcome = "failed" if d.extra.get("exhausted") else "invalid"
             else:
-                self.figures.inc("messages", str((d.result or {}).get("status") or "unknown"))
+                outcome = str((d.result or {}).get("status") or "unknown")
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
             self.figures.observe("message_seconds", now - d.received_at)
+        for outcome, count in outcomes.items():
+            self.figures.inc("messages", outcome, count)
 
     def _beat(self, force: bool = False) -> None:
         """Every heartbeat interval (outside a batch): the queue's depth and the oldest message held
@@ -380,7 +462,7 @@ class QueueConsumer:
             except broker.BROKER_ERRORS:
                 self.probe = None   # opened again with the next broker connection
         self.figures.gauge("queue_depth", depth)
-        held = self.pending + [d for _, d in self.retry]
+        held = self.pending + self.in_flight + [d for _, d in self.retry]
         self.figures.gauge("oldest_unprocessed_seconds", max((d.age for d in held), default=0.0))
         self.heartbeat.beat(self.db)
 
@@ -443,6 +525,7 @@ class QueueConsumer:
 
         future = self.worker.submit(call)
         try:
+            self._finish()   # the previous batch (committed, without dead letters) meanwhile
             while not future.done():
                 if connection is not None and connection.is_open:
                     connection.process_data_events(time_limit=0.05)
@@ -457,19 +540,25 @@ class QueueConsumer:
         if not todo:
             return
         try:
-            with appdb.write_transaction(self.db):
-                # one JSON array text: every body is valid JSON already (decode()), and a text
-                # parameter costs nothing to send, unlike a text[] (psycopg escapes each element)
-                events = "[" + ",".join(d.text for d in todo) + "]"
-                rows = self.db.execute(appdb.q(self.batch_query), {"events": events}).fetchall()
-            for ordinal, result in rows:
-                todo[ordinal - 1].result = result
+            self._apply_batch(todo)
             return
         except psycopg.Error as exc:
             if sqlstates.classify(exc).retry_batch:
                 raise
-            log.info("a message of the batch failed, applying one by one", extra={
-                "queue": self.queue, "sqlstate": exc.sqlstate, "messages": len(todo)})
+            failed = exc
+        # the bodies that are not JSON go to the dead-letter queue; the others once more at once
+        not_json = [d for d in todo if not d.check_json()]
+        if not_json:
+            todo = [d for d in todo if d.dead is None]
+            try:
+                self._apply_batch(todo)
+                return
+            except psycopg.Error as exc:
+                if sqlstates.classify(exc).retry_batch:
+                    raise
+                failed = exc
+        log.info("a message of the batch failed, applying one by one", extra={
+            "queue": self.queue, "sqlstate": failed.sqlstate, "messages": len(todo)})
         # at most SLOW_PATH_CHUNK savepoints per transaction (PostgreSQL caches 64 subtransaction
         # ids per backend); a retry after a transient error re-applies committed chunks as duplicates
         for start in range(0, len(todo), SLOW_PATH_CHUNK):
@@ -477,7 +566,8 @@ class QueueConsumer:
                 for d in todo[start:start + SLOW_PATH_CHUNK]:
                     try:
                         with self.db.transaction():
-                            d.result = self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0]
+                            d.result = _summary(
+                                self.db.execute(appdb.q(self.one_query), {"event": d.text}).fetchone()[0])
                     except psycopg.Error as exc:
                         error = sqlstates.classify(exc)
                         if error.retry_batch:
@@ -487,12 +577,21 @@ class QueueConsumer:
                         else:
                             d.failure = exc
 
+    def _apply_batch(self, todo: list[Delivery]) -> None:
+        """The batch statement in one transaction; each message's result from its row."""
+        with appdb.write_transaction(self.db):
+            rows = self.db.execute(appdb.q(self.batch_query), {"bodies": [d.text for d in todo]}).fetchall()
+        for ordinal, status, reason, asset, version, event_id, trace_id in rows:
+            todo[ordinal - 1].result = {"status": status, "reason": reason, "asset": asset, "version": version,
+                                        "event_id": event_id, "trace_id": trace_id}
+
     def _count_failures(self, batch: list[Delivery]) -> None:
         """Unknown failures: retry later with backoff, dead-letter after max_delivery_attempts."""
         now = time.monotonic()
         for d in batch:
             if d.failure is None:
-                self.attempts.pop(d.key, None)
+                if self.attempts:
+                    self.attempts.pop(d.key, None)
                 continue
             attempts = self.attempts.get(d.key, 0) + 1
             self.attempts[d.key] = attempts
@@ -551,7 +650,9 @@ class QueueConsumer:
         if not done:
             return
         top = max(d.tag for d in done)
-        held = {d.tag for d in self.pending} | {d.tag for _, d in self.retry}
+        # a held message below `top` (pending, retrying, or in the batch the database is applying
+        # now) must not be taken by a multiple ack
+        held = {d.tag for d in self.pending} | {d.tag for d in self.in_flight} | {d.tag for _, d in self.retry}
         if not any(tag < top for tag in held):
             self.channel.basic_ack(delivery_tag=top, multiple=True)
         else:
@@ -559,20 +660,17 @@ class QueueConsumer:
                 self.channel.basic_ack(delivery_tag=d.tag)
 
     def _log(self, batch: list[Delivery]) -> None:
+        """One line per applied message (dead letters were logged by _dead_letter), written at once."""
+        records = []
         for d in batch:
-            if d.result is None:
-                continue
             result = d.result
-            position = result.get("position")
-            if position is None and isinstance(result.get("results"), list):
-                positions = [r.get("position") for r in result["results"] if isinstance(r, dict) and r.get("position")]
-                position = positions[-1] if positions else None
-            log.info("message processed", extra={
+            if result is None:
+                continue
+            records.append({
                 "queue": self.queue, "event_id": d.event_id, "trace_id": d.trace_id,
-                "status": result.get("status"), "reason": result.get("reason"),
-                "asset": position.get("asset") if position else None,
-                "position_version": position.get("version") if position else None,
-                "delivery_tag": d.tag, "redelivered": d.redelivered})
+                "status": result["status"], "reason": result["reason"], "asset": result["asset"],
+                "position_version": result["version"], "delivery_tag": d.tag, "redelivered": d.redelivered})
+        logs.info_lines(log, "message processed", records)
 
 
 def run(settings: Settings, kind: str) -> None:

@@ -150,13 +150,15 @@ DECLARE
     reqs pm.exec_request[] := '{}';
     idxs integer[] := '{}';
     singles integer[] := '{}';
+    single_keys text[] := '{}';
     x record;
     i integer;
+    ev jsonb;
     one_req pm.exec_request[];
     pos public.positions;
     new_state pm.pos_state;
     group_idxs integer[] := '{}';
-    group_keys jsonb := '[]'::jsonb;
+    group_keys text[] := '{}';
     group_trace text;
     j jsonb;
 BEGIN
@@ -180,12 +182,20 @@ BEGIN
     -- single executions grouped by position, in (asset, mode) order so that concurrent batches lock
     -- positions in the same order; each position is written once per batch
     FOR i IN 1 .. n LOOP
-        one_req := pm.parse_order_event(p_events -> (i - 1));
+        ev := p_events -> (i - 1);
+        IF jsonb_typeof(ev) = 'object' AND ev ? 'execution_id' THEN
+            -- shape A, the common case (as pm.parse_order_event parses it, without its array)
+            reqs := reqs || pm.parse_execution_event(ev);
+            idxs := idxs || i;
+            CONTINUE;
+        END IF;
+        one_req := pm.parse_order_event(ev);
         IF cardinality(one_req) = 1 AND one_req[1].status = 'trade' THEN
             reqs := reqs || one_req[1];
             idxs := idxs || i;
         ELSE
             singles := singles || i;
+            single_keys := single_keys || coalesce(one_req[1].asset, '');
         END IF;
     END LOOP;
 
@@ -194,11 +204,11 @@ BEGIN
     LOOP
         IF pos.id IS NULL OR pos.asset IS DISTINCT FROM x.asset OR pos.mode IS DISTINCT FROM x.mode THEN
             IF cardinality(group_idxs) > 0 THEN
-                j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, group_keys, group_trace));
+                j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, to_jsonb(group_keys), group_trace));
                 FOREACH i IN ARRAY group_idxs LOOP results[i] := j; END LOOP;
             END IF;
             pos := pm.lock_position(x.asset, x.mode);
-            group_idxs := '{}'; group_keys := '[]'::jsonb;
+            group_idxs := '{}'; group_keys := '{}';
         END IF;
         new_state := pm.ledger_insert(pos, x.e);
         IF new_state IS NULL THEN
@@ -207,19 +217,21 @@ BEGIN
         END IF;
         pos := pm.with_state(pos, new_state);
         group_idxs := group_idxs || x.i;
-        group_keys := group_keys || to_jsonb((x.e).exec_key);
+        group_keys := group_keys || (x.e).exec_key;
         group_trace := (x.e).trace_id;
     END LOOP;
     IF cardinality(group_idxs) > 0 THEN
-        j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, group_keys, group_trace));
+        j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, to_jsonb(group_keys), group_trace));
         FOREACH i IN ARRAY group_idxs LOOP results[i] := j; END LOOP;
     END IF;
 
-    FOREACH i IN ARRAY singles LOOP
-        results[i] := pm.apply_order_event(p_events -> (i - 1));
+    -- the other messages (several records, cumulative order events) one by one, by symbol (one
+    -- symbol's messages in their order), for the same reason
+    FOR x IN SELECT u.i FROM unnest(singles, single_keys) AS u(i, k) ORDER BY u.k, u.i LOOP
+        results[x.i] := pm.apply_order_event(p_events -> (x.i - 1));
     END LOOP;
     RETURN to_jsonb(results[1:n]);
 END
 $$;
 COMMENT ON FUNCTION pm.apply_batch(text, jsonb) IS
-    'pm.apply_batch(kind order|position, JSON array of message bodies) -> JSON array of results, one per body, in order, in the caller''s transaction. The first invalid body raises 22xxx and nothing is written (the consumer then applies the bodies one by one under savepoints). Order bodies are parsed first, then single executions are applied grouped by position in (asset, mode) order, and each position is written ONCE per batch: one version bump and one position_updated event (its detail lists the executions) for all of its executions in the batch; multi-record and cumulative bodies go through pm.apply_order_event. Position bodies go through pm.apply_position_event in order. Other errors (deadlock 40P01, connection) abort the call: retry the batch.';
+    'pm.apply_batch(kind order|position, JSON array of message bodies) -> JSON array of results, one per body, in order, in the caller''s transaction. The first invalid body raises 22xxx and nothing is written (the consumer then applies the bodies one by one under savepoints). Order bodies are parsed first, then single executions are applied grouped by position in (asset, mode) order, and each position is written ONCE per batch: one version bump and one position_updated event (its detail lists the executions) for all of its executions in the batch; multi-record and cumulative bodies then go through pm.apply_order_event, ordered by the symbol of their first record (stable). Position bodies go through pm.apply_position_event in order. Other errors (deadlock 40P01, connection) abort the call: retry the batch.';
