@@ -11,7 +11,9 @@ LANGUAGE plpgsql AS $$
 DECLARE
     pos public.positions;
 BEGIN
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
+    -- (LIMIT 1 on the unique key: the plan is then a plain index scan, never a bitmap scan, whose
+    -- set-up costs more than the lookup of this one row)
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode LIMIT 1 FOR NO KEY UPDATE;
     IF FOUND OR NOT p_create THEN
         RETURN pos;
     END IF;
@@ -26,7 +28,7 @@ BEGIN
             pm.now_utc(), pm.now_utc())
     ON CONFLICT (asset, mode) DO NOTHING;
     PERFORM pm.own_writes(false);
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode FOR NO KEY UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode LIMIT 1 FOR NO KEY UPDATE;
     RETURN pos;
 END
 $$;

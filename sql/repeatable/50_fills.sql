@@ -113,7 +113,7 @@ BEGIN
     IF jsonb_typeof(p_event) = 'object' AND p_event ? 'execution_id' THEN
         -- shape A (one execution), the common case: no request array, no combined result
         r := pm.parse_execution_event(p_event);
-        RETURN pm.apply_execution(r.asset, r.mode, r.e);
+        RETURN pm.apply_ledger_row(pm.lock_position(r.asset, r.mode), r.e);   -- (pm.apply_execution, inlined)
     END IF;
     reqs := pm.parse_order_event(p_event);   -- the whole message is valid before any write
     FOREACH r IN ARRAY reqs LOOP
