@@ -329,10 +329,12 @@ BEGIN
        AND (v_qty || ' ' || v_price || ' ' || v_fee) ~ '^[0-9]{1,12}(\.[0-9]*)? [0-9]{1,12}(\.[0-9]*)? -?[0-9]{1,12}(\.[0-9]*)?$'
        -- days 29-31 and leap seconds take the checked parse: this cast cannot fail
        AND v_time ~ '^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):?[0-5][0-9])$'
-       AND v_id ~ '^[^\s{\[](.*\S)?$'
-       AND (v_order IS NULL OR v_order ~ '^[^\s{\[](.*\S)?$')
-       AND (v_trace IS NULL OR v_trace ~ '^[^\s{\[](.*\S)?$')
-       AND (v_event IS NULL OR v_event ~ '^[^\s{\[](.*\S)?$')
+       -- ids as they are: not empty, no blank at either end (the checked parse trims blanks), not
+       -- starting with { or [ (an object or array, which ->> gives as JSON text); no regex, cheaper
+       AND v_id <> '' AND left(v_id, 1) NOT IN (' ', '{', '[') AND right(v_id, 1) <> ' '
+       AND (v_order IS NULL OR v_order <> '' AND left(v_order, 1) NOT IN (' ', '{', '[') AND right(v_order, 1) <> ' ')
+       AND (v_trace IS NULL OR v_trace <> '' AND left(v_trace, 1) NOT IN (' ', '{', '[') AND right(v_trace, 1) <> ' ')
+       AND (v_event IS NULL OR v_event <> '' AND left(v_event, 1) NOT IN (' ', '{', '[') AND right(v_event, 1) <> ' ')
     THEN
         -- (the casts only once every pattern matched: SQL does not promise an order within AND)
         IF v_qty::numeric > 0 AND v_price::numeric > 0 THEN
