@@ -36,6 +36,10 @@ Phases, in one run:
             --load-fraction (0.5) of that capacity; after --warmup seconds the same probes as at idle
             run beside it; afterwards the backlog must drain
 
+While sampling under load it records the cores each process used (and what the rest of the
+machine took), and from the roles' heartbeats (every second in this run, POSITION_MANAGER_HEARTBEAT_INTERVAL
+unless given) the order consumer's and the relay's batches: how many, their mean size and time.
+
 At the end the ledger must hold every execution published (probes, burst, background), there must be
 no dead letter and every probe must have been seen at both ends: otherwise the run fails. The
 latency targets (p99 at most 50 ms at idle, 250 ms under the load) are reported, not enforced.
@@ -84,7 +88,8 @@ PHASES = ("idle", "load")
 TARGET_MS = {"idle": 50.0, "load": 250.0}      # p99, the issue's requirement
 BACKGROUND_ASSETS = 50
 TUNING = ("POSITION_MANAGER_CONSUMER_BATCH_SIZE", "POSITION_MANAGER_CONSUMER_PREFETCH",
-          "POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL", "POSITION_MANAGER_LOG_LEVEL")
+          "POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL", "POSITION_MANAGER_LOG_LEVEL",
+          "POSITION_MANAGER_HEARTBEAT_INTERVAL")
 
 
 def iso(t: datetime) -> str:
@@ -153,6 +158,31 @@ class Flow:
             "execution_quantity": f"{qty:.3f}", "execution_price": f"{price:.4f}",
             "execution_fees": f"{qty * price * 0.00055:.8f}",
             "executed_at": iso(T0 + timedelta(milliseconds=i)), "trace_id": f"bg-{i}"}).encode()
+
+
+class Templates:
+    """The background load's bodies, made cheaply while the load runs (the producers of production
+    run on other machines; this one should take as little of this one as it can): 4,096 Flow
+    executions made up front, each message one of them with its own execution id, order id, event
+    id and time filled in (the time keeps growing, so every symbol's executions stay in time order)."""
+
+    FIELDS = ("event_id", "execution_id", "order_id", "executed_at", "trace_id")
+
+    def __init__(self, run: str, seed: int, count: int = 4096) -> None:
+        flow, self.run, self.templates = Flow(run, seed), run, []
+        for i in range(count):
+            doc = json.loads(flow.body(i))
+            text = json.dumps({k: (f"@{k}@" if k in self.FIELDS else v) for k, v in doc.items()}).replace("%", "%%")
+            for k in self.FIELDS:
+                text = text.replace(f'"@{k}@"', f'"%({k})s"')
+            self.templates.append(text)
+
+    def body(self, i: int) -> bytes:
+        key = f"bg-{self.run}-{i}"
+        return (self.templates[i % len(self.templates)] % {
+            "event_id": f"{self.run}-0000-4000-8000-{i & 0xffffffffffff:012x}", "execution_id": key,
+            "order_id": f"bg-{self.run}-o{i // 2}", "executed_at": iso(T0 + timedelta(milliseconds=i)),
+            "trace_id": key}).encode()
 
 
 PERSISTENT = pika.BasicProperties(delivery_mode=2, content_type="application/json")
@@ -226,22 +256,27 @@ def watch_events(env: dict, queue_name: str, out, stop) -> None:
     conn.close()
 
 
-def background(env: dict, queue_name: str, rate: float, first: int, seed: int, run: str, sent, stop) -> None:
+def background(env: dict, queue_name: str, rate: float, first: int, seed: int, run: str, sent, running,
+               stop) -> None:
     """Publish executions (Flow bodies first, first + 1, ...) at `rate` per second until stopped;
     `sent` holds how many so far."""
     settings = settings_mod.load(env)
-    flow = Flow(run, seed)
+    flow = Templates(run, seed)
     conn = common.mq_connect(settings, "latency-background")
-    ch = conn.channel()
+    # the channel underneath the blocking one (as app/broker.py's ConfirmingPublisher does): it does
+    # not flush the socket after every message; process_data_events sends a tick's messages at once
+    ch = conn.channel()._impl  # noqa: SLF001
     started, n = time.monotonic(), 0
+    running.set()
     while not stop.is_set():
         due = int((time.monotonic() - started) * rate) - n
         for _ in range(min(due, 500)):
             ch.basic_publish("", queue_name, flow.body(first + n), PERSISTENT)
             n += 1
+        conn.process_data_events(time_limit=0)    # sends them, answers the broker's heartbeats
         sent.value = n
         if due <= 0:
-            conn.sleep(0.001)
+            time.sleep(0.002)                     # a 2 ms tick: a plain sleep costs next to nothing
     conn.close()
 
 
@@ -431,6 +466,39 @@ class CpuShare:
         return cores
 
 
+def role_counters(db) -> dict[str, dict[str, float]]:
+    """The cumulative counters of each role's heartbeats (app/figures.py), summed over its instances."""
+    out: dict[str, dict[str, float]] = {}
+    for role, figures in db.execute(q("latency_role_figures")).fetchall():
+        acc = out.setdefault(role, {})
+        for key, value in (figures or {}).get("counters", {}).items():
+            acc[key] = acc.get(key, 0) + value
+    return out
+
+
+def batch_figures(before: dict, after: dict) -> dict:
+    """What the order consumer and the relay did between two readings of their heartbeats: batches,
+    their mean size and time, and the consumer's mean time from a message's arrival to its ack."""
+    def delta(role: str, key: str) -> float:
+        return after.get(role, {}).get(key, 0) - before.get(role, {}).get(key, 0)
+
+    def family(role: str, prefix: str) -> float:
+        return sum(delta(role, k) for k in after.get(role, {}) if k.startswith(prefix))
+
+    def ratio(a: float, b: float, scale: float = 1.0) -> float | None:
+        return round(a / b * scale, 2) if b else None
+
+    batches, messages = delta("order", "batch_seconds_count"), family("order", "messages:")
+    relayed, events = delta("relay", "publish_seconds_count"), family("relay", "published:")
+    return {"order_batches": batches, "order_messages": messages,
+            "order_mean_batch_size": ratio(messages, batches),
+            "order_mean_batch_ms": ratio(delta("order", "batch_seconds_sum"), batches, 1000),
+            "order_mean_arrival_to_ack_ms": ratio(delta("order", "message_seconds_sum"),
+                                                  delta("order", "message_seconds_count"), 1000),
+            "relay_batches": relayed, "relay_mean_events_per_batch": ratio(events, relayed),
+            "relay_mean_batch_ms": ratio(delta("relay", "publish_seconds_sum"), relayed, 1000)}
+
+
 def queue_depth(ch, name: str) -> int:
     return ch.queue_declare(name, passive=True).method.message_count
 
@@ -465,7 +533,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_mod.load({**os.environ, **queues, "POSTGRES_DB": dbname})
     env = common.service_env(settings, **queues, POSITION_MANAGER_API_KEY=api_key,
                              POSITION_MANAGER_RATE_LIMIT_ENABLED="true",
-                             POSITION_MANAGER_RATE_LIMIT_DEFAULT="1000000000")
+                             POSITION_MANAGER_RATE_LIMIT_DEFAULT="1000000000",
+                             POSITION_MANAGER_HEARTBEAT_INTERVAL=os.environ.get("POSITION_MANAGER_HEARTBEAT_INTERVAL", "1"))
     log_dir = common.OUT / f"latency-{tag}"
     watch_queue = f"bench-latency-{tag}.watch"
     spawn = mp.get_context("spawn")
@@ -523,10 +592,13 @@ def main(argv: list[str] | None = None) -> int:
               f"({cap['applied_rate']:,.0f}/s applied) over a burst of {args.burst:,}", flush=True)
 
         rate = cap["rate"] * args.load_fraction
+        running = spawn.Event()
         bg = spawn.Process(target=background, args=(env, settings.order_queue, rate, args.burst, args.seed + 1, run,
-                                                    sent, stop_bg), daemon=True)
+                                                    sent, running, stop_bg), daemon=True)
         bg.start()
         children.append(bg)
+        if not running.wait(60):
+            raise RuntimeError("the background publisher did not start")
         print(f"load: background {rate:,.0f} executions/s; sampling after {args.warmup:g}s", flush=True)
         end = time.monotonic() + args.warmup
         while time.monotonic() < end:
@@ -535,11 +607,13 @@ def main(argv: list[str] | None = None) -> int:
         depths: list[int] = []
         cpu = CpuShare(db, services, {"row watcher": children[0], "event watcher": children[1], "background": bg})
         cpu.start()
+        counters_before = role_counters(db)
         bg_t0, bg_n0 = time.monotonic(), sent.value
         load = timer.series(args.samples, args.spacing, rng,
                             during=lambda: depths.append(queue_depth(depth_ch, settings.order_queue)))
         bg_rate = (sent.value - bg_n0) / (time.monotonic() - bg_t0)
         cores = cpu.stop()
+        batches = batch_figures(counters_before, role_counters(db))
         stop_bg.set()
         bg.join(30)
         total = args.burst + sent.value
@@ -622,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
                 "order_queue_depth_while_sampling": stats([float(d) for d in depths]),
                 "drain_seconds_after_load": round(drained, 2),
                 "cores_while_sampling_under_load": cores,
+                "batches_while_sampling_under_load": batches,
                 "listen_query_ms": extra.get("reads"), "events_seen_by_watcher": extra.get("events_seen"),
                 "http_ms": {phase: stats(phases[phase]["price"]["http"]) for phase in PHASES},
                 "http_samples_ms": {phase: phases[phase]["price"]["http"] for phase in PHASES},
@@ -638,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{phase:5} {kind:10} {end:6} (n={s['n']:4})  {s['p50']:8.1f} {s['p99']:8.1f} {s['max']:8.1f}  {ok}")
     print(f"capacity {cap['rate']:,.0f} executions/s; background {bg_rate:,.0f}/s "
           f"({bg_rate / cap['rate']:.0%}); drained {drained:.1f}s after the load")
+    print("batches while sampling under load: " + ", ".join(f"{k} {v}" for k, v in batches.items()))
     print("cores used while sampling under load: " + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
     if problems:
         print(f"\nFAILED ({len(problems)}):")

@@ -185,3 +185,7 @@ LISTEN pm_outbox
 -- name: latency_probe_versions
 -- The probe symbols' one-way versions, read at each notification.
 SELECT asset, version FROM public.positions WHERE asset = ANY(%(assets)s::text[]) AND mode = 'one-way'
+
+-- name: latency_role_figures
+-- The consumers' and the relay's cumulative figures, as their heartbeats wrote them (app/figures.py).
+SELECT role, figures FROM pm.heartbeats
