@@ -144,8 +144,12 @@ SELECT key_hash FROM pm.api_keys WHERE revoked_at IS NULL
 SELECT set_config('pm.client_addr', %(addr)s, true)
 
 -- name: api_list_positions
--- GET /api/v1/positions: filters and pagination, {"positions", "count", "total"} as JSON text.
-SELECT pm.list_positions(%(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(status)s, %(limit)s, %(offset)s)::text
+-- GET /api/v1/positions: admission (as api_admit) and one page of the list in one round trip; body
+-- NULL when the positions fingerprint is the known one (the caller holds that page already).
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, fingerprint, body
+  FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
+                             %(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(status)s, %(page_limit)s,
+                             %(offset)s, %(known_fingerprint)s)
 
 -- name: api_validate_position
 -- POST /api/v1/positions/{asset}/validate; raises P0002 for an unknown position.

@@ -18,7 +18,9 @@ are measured in interleaved rounds and medians reported. Besides requests/s (at 
 whatever else runs on the machine), each cell reports the server CPU per request: user+system
 time of the gunicorn processes and of their PostgreSQL backends, divided by the requests served;
 on a CPU-bound box, throughput is inversely proportional to it, and it hardly moves with outside
-load. Writes bench/results/http.json (--json FILE elsewhere).
+load. It also times, on a direct connection, the SQL that renders the positions list
+(pm.list_positions_text, all N positions) beside reading the same rows unrendered. Writes
+bench/results/http.json (--json FILE elsewhere).
 """
 from __future__ import annotations
 
@@ -157,6 +159,22 @@ def run_python(url: str, connections: int, duration: float) -> dict:
 
 # ------------------------------------------------------------------ main
 
+def time_statements(settings, dbname: str, statements: dict[str, str], repeat: int = 200) -> dict[str, dict]:
+    """Client-side milliseconds of each statement (common.percentiles), run interleaved on one connection
+    after a warm-up (plans cached, rows in memory); the time includes sending the result."""
+    samples: dict[str, list[float]] = {name: [] for name in statements}
+    with psycopg.connect(**settings.conninfo(dbname), autocommit=True) as conn:
+        for _ in range(20):
+            for sql_text in statements.values():
+                conn.execute(sql_text).fetchall()
+        for _ in range(repeat):
+            for name, sql_text in statements.items():
+                started = time.perf_counter()
+                conn.execute(sql_text).fetchall()
+                samples[name].append((time.perf_counter() - started) * 1000)
+    return {name: common.percentiles(v) for name, v in samples.items()}
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="bench/run http", description=__doc__.splitlines()[0])
     ap.add_argument("--duration", type=float, default=2.0, help="seconds per measurement (default 2)")
@@ -189,6 +207,14 @@ def figures_of(results: list[dict]) -> list[dict]:
     return out
 
 
+def render_figures(render: dict, positions: int) -> list[dict]:
+    """The list's rendering in SQL beside reading the same rows without rendering them."""
+    return [figure("list_render_ms", f"SQL rendering the list of {positions} positions (pm.list_positions_text), median",
+                   render["render"]["p50"], "ms", p99_ms=render["render"]["p99"],
+                   reference=reference(f"the same {positions} rows read unrendered (SELECT *)",
+                                       render["rows"]["p50"], "ms"))]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
@@ -201,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     dbname = f"pm_bench_http_{os.getpid()}"
     print(f"preparing {dbname}: {args.positions} open positions ...", flush=True)
     prepare_database(settings, dbname, args.positions)
+    render = time_statements(settings, dbname, {"render": common.q("list_render"), "rows": common.q("list_rows")})
+    print(f"  SQL rendering the list of {args.positions}: {render['render']['p50']:.2f} ms median "
+          f"(the rows unrendered: {render['rows']['p50']:.2f} ms)", flush=True)
     results = []
     server = None
     admin = psycopg.connect(**settings.conninfo("postgres"), autocommit=True)
@@ -245,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [r for r in results if r["non_2xx"]]
     path = common.write_result("http", command=common.explicit_command("http", ap, args), path=args.json,
                                params=vars(args) | {"client": client}, passed=not failed,
-                               figures=figures_of(results), detail={"results": results})
+                               figures=figures_of(results) + render_figures(render, args.positions),
+                               detail={"results": results, "render": render})
     print(f"(written to {path})")
     if failed:
         print(f"\nERROR: non-2xx responses in {[(r['endpoint'], r['connections']) for r in failed]}", file=sys.stderr)

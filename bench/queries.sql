@@ -120,6 +120,14 @@ ANALYZE
 -- The backends connected to a database (the API's pool): their CPU time is the server's too.
 SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
 
+-- name: list_render
+-- http_bench: the SQL of GET /api/v1/positions, every position rendered (timed on a direct connection).
+SELECT pm.list_positions_text(NULL, NULL, NULL, NULL, 'all', 1000, 0)
+
+-- name: list_rows
+-- http_bench: the same rows read without rendering them, the floor beside list_render.
+SELECT * FROM public.positions ORDER BY asset, mode LIMIT 1000
+
 -- ===== bench/snapshot_bench.py: a year of snapshots =====
 
 -- name: snapshot_generate_day

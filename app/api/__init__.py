@@ -13,7 +13,7 @@ from psycopg_pool import ConnectionPool
 
 from app import logs
 from app.api import docs, errors, extras, resources
-from app.api.cache import PortfolioCache, PositionCache
+from app.api.cache import PortfolioCache, ReadCache
 from app.api.health import BrokerProbe, HealthResource
 from app.api.access import AccessMiddleware
 from app.api.metrics import MetricsResource
@@ -45,8 +45,8 @@ def create_app(pool: ConnectionPool, settings: Settings, broker: BrokerProbe | N
     docs_page = docs.DocsResource()
     app.add_route("/docs", docs_page)
     app.add_route("/docs/{name}", docs_page, suffix="asset")
-    app.add_route("/api/v1/positions", resources.PositionsResource())
-    app.add_route("/api/v1/positions/{asset}", resources.PositionResource(PositionCache.for_ttl(settings.metrics_cache_ttl)))
+    app.add_route("/api/v1/positions", resources.PositionsResource(ReadCache.for_ttl(settings.metrics_cache_ttl)))
+    app.add_route("/api/v1/positions/{asset}", resources.PositionResource(ReadCache.for_ttl(settings.metrics_cache_ttl)))
     app.add_route("/api/v1/positions/{asset}/validate", resources.ValidateResource())
     app.add_route("/api/v1/positions/{asset}/snapshot", resources.SnapshotResource())
     app.add_route("/api/v1/positions/{asset}/snapshots", resources.SnapshotsResource())

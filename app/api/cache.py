@@ -60,37 +60,39 @@ class PortfolioCache:
         return body
 
 
-# Single positions are kept this long at most (below the portfolio's TTL when that is shorter):
-# long enough to spare the rendering under load, short enough that the fields moving with the clock
-# at the same version (time_held_minutes, price_is_stale) are at most this late.
-POSITION_TTL_SECONDS = 1.0
+# Single positions and position lists are kept this long at most (below the portfolio's TTL when
+# that is shorter): long enough to spare the rendering under load, short enough that the fields
+# moving with the clock at the same version (time_held_minutes, price_is_stale) are at most this late.
+READ_TTL_SECONDS = 1.0
 
 
-class PositionCache:
-    """Per-process bodies of single positions by (asset, mode), each with its version. An entry
-    younger than the TTL is offered to pm.api_read_position as the known version: the statement
-    that admits the request reads the position's version anyway and renders the Position only when
-    it differs (any committed change bumps it, in any process). So a cached body is never older
-    than the last change; only the clock-derived fields may be up to the TTL late."""
+class ReadCache:
+    """Per-process bodies with the version they were rendered at: a single Position by (asset, mode)
+    with its version, a page of the positions list by its parameters with the positions
+    fingerprint. An entry younger than the TTL is offered to the statement that admits the request
+    as the known version (pm.api_read_position, pm.api_list_positions): that statement reads the
+    current version anyway and renders only when it differs (any committed change bumps it, in any
+    process). So a cached body is never older than the last change; only the clock-derived fields
+    may be up to the TTL late."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 4096):
         self.ttl = float(ttl_seconds)
         self.max_entries = max_entries
-        self._entries: dict[Hashable, tuple[int, str, float]] = {}
+        self._entries: dict[Hashable, tuple[Hashable, str, float]] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def for_ttl(cls, metrics_ttl) -> "PositionCache":
-        return cls(min(float(metrics_ttl), POSITION_TTL_SECONDS))
+    def for_ttl(cls, metrics_ttl) -> "ReadCache":
+        return cls(min(float(metrics_ttl), READ_TTL_SECONDS))
 
-    def known(self, key: Hashable) -> tuple[int | None, str | None]:
+    def known(self, key: Hashable) -> tuple[Hashable | None, str | None]:
         """(version, body) of a fresh entry, else (None, None)."""
         entry = self._entries.get(key)
         if entry is None or time.monotonic() >= entry[2]:
             return None, None
         return entry[0], entry[1]
 
-    def store(self, key: Hashable, version: int, body: str) -> None:
+    def store(self, key: Hashable, version: Hashable, body: str) -> None:
         if self.ttl <= 0:
             return
         with self._lock:

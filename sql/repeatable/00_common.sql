@@ -39,6 +39,20 @@ CREATE OR REPLACE FUNCTION pm.iso_utc(p timestamp) RETURNS text
 LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT to_char(p, 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') $$;
 COMMENT ON FUNCTION pm.iso_utc(timestamp) IS 'pm.iso_utc(naive UTC timestamp) -> text: ISO 8601 with Z; NULL stays NULL.';
 
+-- pm.json_dec(x) -> text
+-- A decimal as a JSON value: the string pm.dec gives, or null.
+CREATE OR REPLACE FUNCTION pm.json_dec(p numeric) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT coalesce('"' || pm.dec(p) || '"', 'null') $$;
+COMMENT ON FUNCTION pm.json_dec(numeric) IS
+    'pm.json_dec(x) -> text: the JSON value of a decimal as the service sends it, a string without trailing zeros ("1.5"), or null. Pure.';
+
+-- pm.json_ts(ts) -> text
+-- A naive UTC timestamp as a JSON value: the ISO 8601 string with Z that pm.iso_utc gives, or null.
+CREATE OR REPLACE FUNCTION pm.json_ts(p timestamp) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$ SELECT coalesce('"' || pm.iso_utc(p) || '"', 'null') $$;
+COMMENT ON FUNCTION pm.json_ts(timestamp) IS
+    'pm.json_ts(naive UTC timestamp) -> text: the JSON value of a timestamp as the service sends it ("2025-01-27T10:00:00.000000Z"), or null.';
+
 -- pm.bad_input(field, problem)
 -- Raises the service's invalid-input error: SQLSTATE 22023, a message and COLUMN naming the field.
 CREATE OR REPLACE FUNCTION pm.bad_input(p_path text, p_problem text) RETURNS void

@@ -14,18 +14,19 @@ $$;
 COMMENT ON FUNCTION pm.get_position(text, text) IS
     'pm.get_position(asset any case, mode) -> the Position jsonb (pm.position_json, operator metadata included), or NULL when there is no such position. The API''s GET /api/v1/positions/{asset} and the manual writers'' results. Read only.';
 
--- pm.list_positions(asset, mode, size_min, size_max, status, limit, offset) -> jsonb
--- Positions matching every given filter, ordered by (asset, mode), one page.
-CREATE OR REPLACE FUNCTION pm.list_positions(p_asset text DEFAULT NULL, p_mode text DEFAULT NULL,
-                                             p_size_min numeric DEFAULT NULL, p_size_max numeric DEFAULT NULL,
-                                             p_status text DEFAULT 'all', p_limit integer DEFAULT NULL,
-                                             p_offset integer DEFAULT 0)
-RETURNS jsonb
+-- pm.list_positions_text(asset, mode, size_min, size_max, status, limit, offset) -> text
+-- Positions matching every given filter, ordered by (asset, mode), one page, as JSON text.
+CREATE OR REPLACE FUNCTION pm.list_positions_text(p_asset text DEFAULT NULL, p_mode text DEFAULT NULL,
+                                                  p_size_min numeric DEFAULT NULL, p_size_max numeric DEFAULT NULL,
+                                                  p_status text DEFAULT 'all', p_limit integer DEFAULT NULL,
+                                                  p_offset integer DEFAULT 0)
+RETURNS text
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     l_asset text := upper(nullif(btrim(p_asset), ''));
     l_status text := coalesce(p_status, 'all');
-    l_positions jsonb;
+    l_positions text;
+    l_count integer;
     l_total integer;
 BEGIN
     IF p_mode IS NOT NULL AND p_mode NOT IN ('one-way', 'hedge') THEN
@@ -44,32 +45,41 @@ BEGIN
         RAISE EXCEPTION 'invalid parameter offset: must be >= 0, got %', p_offset USING ERRCODE = '22023';
     END IF;
 
-    SELECT coalesce(jsonb_agg(pm.position_json(s.v) ORDER BY (s.v).asset, (s.v).mode), '[]'::jsonb)
-      INTO l_positions
-      FROM (SELECT v
-              FROM pm.v_positions v
-             WHERE (l_asset IS NULL OR v.asset = l_asset)
-               AND (p_mode IS NULL OR v.mode = p_mode)
-               AND (p_size_min IS NULL OR abs(v.size) >= p_size_min)
-               AND (p_size_max IS NULL OR abs(v.size) <= p_size_max)
-               AND (l_status = 'all' OR v.is_open = (l_status = 'open'))
-             ORDER BY v.asset, v.mode
-             LIMIT p_limit OFFSET coalesce(p_offset, 0)) s;
+    -- The matching rows and the page are chosen on the table, then rendered from the view:
+    -- pm.position_text reads the view's own row (its fields become plain columns), not a row copied
+    -- out of a subquery. (PL/pgSQL: the plan is cached per session.)
+    WITH matching AS MATERIALIZED (
+        SELECT p.id, p.asset, p.mode
+          FROM public.positions p
+         WHERE (l_asset IS NULL OR p.asset = l_asset)
+           AND (p_mode IS NULL OR p.mode = p_mode)
+           AND (p_size_min IS NULL OR abs(p.size) >= p_size_min)
+           AND (p_size_max IS NULL OR abs(p.size) <= p_size_max)
+           AND (l_status = 'all' OR pm.pos_is_open(p.size, p.long_size, p.short_size) = (l_status = 'open'))
+    )
+    SELECT string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode), count(*), (SELECT count(*) FROM matching)
+      INTO l_positions, l_count, l_total
+      FROM pm.v_positions v
+     WHERE v.id IN (SELECT m.id FROM matching m ORDER BY m.asset, m.mode LIMIT p_limit OFFSET coalesce(p_offset, 0));
 
-    SELECT count(*) INTO l_total
-      FROM public.positions p
-     WHERE (l_asset IS NULL OR p.asset = l_asset)
-       AND (p_mode IS NULL OR p.mode = p_mode)
-       AND (p_size_min IS NULL OR abs(p.size) >= p_size_min)
-       AND (p_size_max IS NULL OR abs(p.size) <= p_size_max)
-       AND (l_status = 'all'
-            OR (p.size <> 0 OR coalesce(p.long_size, 0) <> 0 OR coalesce(p.short_size, 0) <> 0) = (l_status = 'open'));
-
-    RETURN jsonb_build_object('positions', l_positions, 'count', jsonb_array_length(l_positions), 'total', l_total);
+    RETURN '{"positions":[' || coalesce(l_positions, '') || '],"count":' || l_count || ',"total":' || l_total || '}';
 END
 $$;
+COMMENT ON FUNCTION pm.list_positions_text(text, text, numeric, numeric, text, integer, integer) IS
+    'pm.list_positions_text(asset, mode, size_min, size_max, status open|closed|all, limit, offset) -> JSON text {"positions": [Position (pm.position_text) ordered by asset, mode], "count": n in this page, "total": n matching}. NULL filters match everything; asset is case-insensitive; size bounds apply to |size| (net size for hedge rows); status open = any non-zero size or leg (pm.v_positions.is_open); limit NULL = no limit. GET /api/v1/positions (through pm.api_list_positions). Read only, no locks. Errors: 22023 naming the parameter for an unknown mode or status, a negative bound, limit or offset.';
+
+-- pm.list_positions(asset, mode, size_min, size_max, status, limit, offset) -> jsonb
+-- pm.list_positions_text as jsonb, for callers that combine it with other JSON.
+CREATE OR REPLACE FUNCTION pm.list_positions(p_asset text DEFAULT NULL, p_mode text DEFAULT NULL,
+                                             p_size_min numeric DEFAULT NULL, p_size_max numeric DEFAULT NULL,
+                                             p_status text DEFAULT 'all', p_limit integer DEFAULT NULL,
+                                             p_offset integer DEFAULT 0)
+RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_limit, p_offset)::jsonb
+$$;
 COMMENT ON FUNCTION pm.list_positions(text, text, numeric, numeric, text, integer, integer) IS
-    'pm.list_positions(asset, mode, size_min, size_max, status open|closed|all, limit, offset) -> {"positions": [Position ordered by asset, mode], "count": n in this page, "total": n matching}. NULL filters match everything; asset is case-insensitive; size bounds apply to |size| (net size for hedge rows); status open = any non-zero size or leg (pm.v_positions.is_open); limit NULL = no limit. Read only, no locks. Errors: 22023 naming the parameter for an unknown mode or status, a negative bound, limit or offset.';
+    'pm.list_positions(asset, mode, size_min, size_max, status open|closed|all, limit, offset) -> jsonb {"positions", "count", "total"}: pm.list_positions_text as jsonb (same filters, order and errors). Read only.';
 
 -- pm.portfolio_json(asset or NULL) -> jsonb
 -- PortfolioMetrics: the pm.v_portfolio figures (decimals as strings) plus by_asset.

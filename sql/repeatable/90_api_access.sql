@@ -110,6 +110,28 @@ $$;
 COMMENT ON FUNCTION pm.api_key_check(text, text, integer, integer, text) IS
     'pm.api_key_check(key hash, scope or NULL, limit or NULL, default limit, needed scope read|write|admin) -> (outcome ok|unknown_key|forbidden, key_name, scope, rate_limit). With scope NULL the key is looked up among the live keys of pm.api_keys (its own limit unless limit is given, else the default); with a scope the caller has authenticated the key itself. Scopes are ordered read < write < admin. Read only.';
 
+-- pm.api_take_token(outcome, key_hash, rate_limit, limited) -> (outcome, remaining, retry_after)
+-- The last step of admitting a request: one token of the key's bucket when the request is ok and limited.
+CREATE OR REPLACE FUNCTION pm.api_take_token(p_outcome text, p_key_hash text, p_rate_limit integer, p_limited boolean,
+                                             OUT outcome text, OUT remaining integer, OUT retry_after double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    outcome := p_outcome;
+    IF p_outcome = 'ok' AND p_limited THEN
+        t := pm.rate_limit_take(p_key_hash, p_rate_limit);
+        remaining := t.remaining;
+        retry_after := t.retry_after;
+        IF NOT t.allowed THEN
+            outcome := 'rate_limited';
+        END IF;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pm.api_take_token(text, text, integer, boolean) IS
+    'pm.api_take_token(outcome so far, key hash, rate limit, limited) -> (outcome: rate_limited when the bucket is empty, else unchanged; remaining tokens and retry_after seconds, NULL when no token was taken): takes one token of pm.rate_limit_take only for an ok, rate-limited request. The last step of pm.api_admit and of the statements that fold admission into their read; call it last and in autocommit (the bucket row is locked to the commit).';
+
 -- pm.api_admit(key_hash, scope, limit, default limit, needed scope, limited) -> (outcome, key_name, scope, rate_limit, remaining, retry_after)
 -- The database part of admitting an API request in one call: the key, its scope, then a token.
 CREATE OR REPLACE FUNCTION pm.api_admit(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
@@ -117,19 +139,11 @@ CREATE OR REPLACE FUNCTION pm.api_admit(p_key_hash text, p_scope text, p_limit i
                                         OUT outcome text, OUT key_name text, OUT scope text, OUT rate_limit integer,
                                         OUT remaining integer, OUT retry_after double precision)
 LANGUAGE plpgsql AS $$
-DECLARE
-    t record;
 BEGIN
     SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
       FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
-    IF outcome = 'ok' AND p_limited THEN
-        t := pm.rate_limit_take(p_key_hash, rate_limit);
-        remaining := t.remaining;
-        retry_after := t.retry_after;
-        IF NOT t.allowed THEN
-            outcome := 'rate_limited';
-        END IF;
-    END IF;
+    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
+      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
 END
 $$;
 COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, boolean) IS
@@ -144,8 +158,6 @@ CREATE OR REPLACE FUNCTION pm.api_read_position(p_key_hash text, p_scope text, p
                                                 OUT rate_limit integer, OUT remaining integer,
                                                 OUT retry_after double precision, OUT body text, OUT version integer)
 LANGUAGE plpgsql AS $$
-DECLARE
-    t record;
 BEGIN
     IF p_scope IS NULL THEN     -- a stored key: who is it, may it read?
         SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
@@ -165,20 +177,49 @@ BEGIN
         body := pm.get_position(p_asset, p_mode)::text;
         version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
     END IF;
-    IF p_limited THEN
-        t := pm.rate_limit_take(p_key_hash, rate_limit);
-        remaining := t.remaining;
-        retry_after := t.retry_after;
-        IF NOT t.allowed THEN
-            outcome := 'rate_limited';
-            body := NULL;
-            version := NULL;
-        END IF;
+    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
+      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
+    IF outcome = 'rate_limited' THEN
+        body := NULL;
+        version := NULL;
     END IF;
 END
 $$;
 COMMENT ON FUNCTION pm.api_read_position(text, text, integer, integer, text, boolean, text, text, integer) IS
     'pm.api_read_position(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited, asset, mode, known version or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after as pm.api_admit; version of the position (NULL when there is none or the request is not admitted) and body = its Position JSON text (pm.get_position), NULL as well when it is the known version, which the caller then holds already). One round trip for the API''s most frequent read: a stored key is looked up (scope NULL), a key with a scope is one the caller authenticated; the position is read only for a key that may read it, before the token is taken (the bucket row is locked only briefly). Call it in autocommit.';
+
+-- pm.api_list_positions(key_hash, scope, limit, default limit, needed scope, limited, filters..., known fingerprint) -> (outcome, ..., fingerprint, body)
+-- GET /api/v1/positions admitted and read in one round trip: key and scope, the list, then the token.
+CREATE OR REPLACE FUNCTION pm.api_list_positions(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
+                                                 p_needed text, p_limited boolean, p_asset text, p_mode text,
+                                                 p_size_min numeric, p_size_max numeric, p_status text,
+                                                 p_page_limit integer, p_offset integer, p_known_fingerprint text,
+                                                 OUT outcome text, OUT key_name text, OUT scope text,
+                                                 OUT rate_limit integer, OUT remaining integer,
+                                                 OUT retry_after double precision, OUT fingerprint text, OUT body text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
+      FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
+    IF outcome <> 'ok' THEN
+        RETURN;
+    END IF;
+    -- the fingerprint before the list: a change committed in between is in the body but not in the
+    -- fingerprint, so the caller's next request renders again (never the other way round)
+    fingerprint := pm.positions_fingerprint();
+    IF fingerprint IS DISTINCT FROM p_known_fingerprint THEN
+        body := pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_page_limit, p_offset);
+    END IF;
+    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
+      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
+    IF outcome = 'rate_limited' THEN
+        fingerprint := NULL;
+        body := NULL;
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION pm.api_list_positions(text, text, integer, integer, text, boolean, text, text, numeric, numeric, text, integer, integer, text) IS
+    'pm.api_list_positions(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited, asset, mode, size_min, size_max, status, page limit, offset, known fingerprint or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after as pm.api_admit; fingerprint = pm.positions_fingerprint() and body = pm.list_positions_text(...) of an admitted request, body NULL when the fingerprint is the known one, which the caller then holds the body of already). One round trip for GET /api/v1/positions; the list is read before the token is taken (the bucket row is locked only briefly). Errors of the filters as pm.list_positions_text (22023). Call it in autocommit.';
 
 -- pm.stream_take_slot(key_hash, cap) -> integer
 -- One of a key's `cap` live-stream slots for this session (session advisory lock); NULL when all are taken.

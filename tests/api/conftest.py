@@ -149,8 +149,10 @@ def start_server(tmp_path):
 # ------------------------------------------------------------------ a PostgreSQL that can be cut off
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to PostgreSQL. stop() closes the listener and every forwarded
-    connection (the database "goes away"); start() listens again on the same port."""
+    """Forwards 127.0.0.1:<port> to PostgreSQL. stop() closes every forwarded connection and refuses
+    new ones (accepted and closed at once: the database "goes away"); start() forwards again. The
+    listening socket stays open throughout, so that no other process can take the port meanwhile
+    (a free port is an ephemeral one: any outgoing connection may be given it)."""
 
     def __init__(self, target: tuple[str, int]):
         self.target = target
@@ -158,23 +160,22 @@ class TcpProxy:
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
         self._lock = threading.Lock()
-        self._running = False
+        self._forwarding = False
 
     def start(self) -> None:
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port))
-        listener.listen(64)
-        self._listener = listener
-        self._running = True
+        with self._lock:
+            self._forwarding = True
+            if self._listener is not None:
+                return
+            listener = self._listener = socket.socket()
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind(("127.0.0.1", self.port))
+            listener.listen(64)
         threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
 
     def stop(self) -> None:
-        self._running = False
         with self._lock:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
+            self._forwarding = False
             for sock in list(self._sockets):
                 try:
                     sock.shutdown(socket.SHUT_RDWR)
@@ -183,22 +184,36 @@ class TcpProxy:
                 sock.close()
             self._sockets.clear()
 
+    def close(self) -> None:
+        self.stop()
+        with self._lock:
+            if self._listener is not None:
+                try:
+                    self._listener.shutdown(socket.SHUT_RDWR)   # wakes the accepting thread
+                except OSError:
+                    pass
+                self._listener.close()
+                self._listener = None
+
     def _accept(self, listener: socket.socket) -> None:
-        while self._running:
+        while True:
             try:
                 client, _ = listener.accept()
             except OSError:
-                return
+                return                      # closed
+            if not self._forwarding:
+                client.close()
+                continue
             try:
                 upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
                 continue
             with self._lock:
-                if not self._running:
+                if not self._forwarding:
                     client.close()
                     upstream.close()
-                    return
+                    continue
                 self._sockets.update((client, upstream))
             threading.Thread(target=self._pump, args=(client, upstream), daemon=True).start()
 
@@ -225,4 +240,4 @@ def pg_proxy(settings):
     proxy = TcpProxy((settings.postgres_host, settings.postgres_port))
     proxy.start()
     yield proxy
-    proxy.stop()
+    proxy.close()

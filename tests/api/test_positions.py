@@ -169,3 +169,39 @@ def test_hedge_position_fields(client, db, book):
     assert Decimal(body["long_size"]) == 100 and Decimal(body["short_size"]) == 40
     assert Decimal(body["size"]) == 60
     assert Decimal(body["long_avg_price"]) == Decimal("0.5") and Decimal(body["short_avg_price"]) == Decimal("0.6")
+
+
+def test_list_is_served_from_the_process_cache_until_any_change_and_has_an_etag(client, connect, book):
+    """The page is rendered once per positions fingerprint: a write no trigger sees (a replication
+    session, no version bump) is not in the cached page, which proves the cache is used; any real
+    change, by another connection, is in the very next answer."""
+    other = connect(autocommit=True)
+    first = client.simulate_get("/api/v1/positions")
+    etag = first.headers["etag"]
+    assert etag.startswith('W/"')
+    with other.transaction():
+        other.execute("SET LOCAL session_replication_role = replica")
+        other.execute("UPDATE public.positions SET realized_pnl = realized_pnl + 1000 WHERE asset = 'BTCUSDT'")
+    cached = client.simulate_get("/api/v1/positions")
+    assert cached.json == first.json and cached.headers["etag"] == etag
+    not_modified = client.simulate_get("/api/v1/positions", headers={"If-None-Match": etag})
+    assert not_modified.status_code == 304 and not_modified.text == ""
+    # another page of the same data is its own entry with its own tag
+    page = client.simulate_get("/api/v1/positions", params={"limit": "1"})
+    assert page.json["count"] == 1 and page.headers["etag"] != etag
+    fill(other, "BTCUSDT", "Buy", "1", "50100")
+    fresh = client.simulate_get("/api/v1/positions", headers={"If-None-Match": etag})
+    assert fresh.status_code == 200 and fresh.headers["etag"] != etag
+    btc = next(p for p in fresh.json["positions"] if p["asset"] == "BTCUSDT")
+    assert Decimal(btc["size"]) == Decimal("2.5")
+    assert Decimal(btc["realized_pnl"]) == Decimal("999.9")   # and the unseen write, now rendered
+
+
+def test_list_answers_with_the_rate_limit_headers_and_429(make_client, api_settings, book):
+    client = make_client(api_settings.with_overrides(rate_limit_default=2))
+    for remaining in ("1", "0"):
+        ok = client.simulate_get("/api/v1/positions")
+        assert ok.status_code == 200 and ok.headers["x-ratelimit-remaining"] == remaining
+    refused = client.simulate_get("/api/v1/positions")
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json["error_code"] == "rate_limited"

@@ -173,8 +173,7 @@ def test_delete_only_when_flat_then_gone_with_its_audit_kept_and_its_snapshots_a
     assert db.execute("SELECT count(*) FROM pm.v_positions").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM public.position_snapshots").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM pm.exchange_state").fetchone()[0] == 0
-    assert call(db, "api_list_positions", asset=None, mode=None, size_min=None, size_max=None, status="all",
-                limit=None, offset=0)["total"] == 0
+    assert db.execute("SELECT pm.list_positions()").fetchone()[0]["total"] == 0
     state, message = sqlstate_of(db, "extras_position_history", asset=str(row["id"]), mode=None, limit=10, offset=0)
     assert state == "P0002" and "was deleted at" in message
     # kept: ledger, audit trail, discrepancies, under the old id

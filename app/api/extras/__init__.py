@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import falcon
 
-from app.api.cache import PositionCache
+from app.api.cache import ReadCache
 from app.api.extras import resources
 from app.api.extras.stream import StreamResource
 from app.settings import Settings
@@ -17,10 +17,10 @@ __all__ = ["register"]
 def register(app: falcon.App, settings: Settings) -> None:
     """Routes; call it last in create_app (it replaces the positions routes with subclasses that
     add POST, ?as_of=, PATCH and DELETE)."""
-    app.add_route("/api/v1/positions", resources.PositionsExtResource())
+    app.add_route("/api/v1/positions", resources.PositionsExtResource(ReadCache.for_ttl(settings.metrics_cache_ttl)))
     app.add_route("/api/v1/positions/bulk-update", resources.BulkUpdateResource())
     app.add_route("/api/v1/positions/{asset}",
-                  resources.PositionExtResource(PositionCache.for_ttl(settings.metrics_cache_ttl)))
+                  resources.PositionExtResource(ReadCache.for_ttl(settings.metrics_cache_ttl)))
     app.add_route("/api/v1/positions/{asset}/close", resources.CloseResource())
     app.add_route("/api/v1/positions/{asset}/history", resources.HistoryResource())
     app.add_route("/api/v1/prices", resources.PricesResource())
