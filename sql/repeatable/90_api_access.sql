@@ -139,11 +139,15 @@ CREATE OR REPLACE FUNCTION pm.api_admit(p_key_hash text, p_scope text, p_limit i
                                         OUT outcome text, OUT key_name text, OUT scope text, OUT rate_limit integer,
                                         OUT remaining integer, OUT retry_after double precision)
 LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
 BEGIN
     SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
       FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
-    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
-      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
+    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
+        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
+        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, boolean) IS
@@ -158,6 +162,8 @@ CREATE OR REPLACE FUNCTION pm.api_read_position(p_key_hash text, p_scope text, p
                                                 OUT rate_limit integer, OUT remaining integer,
                                                 OUT retry_after double precision, OUT body text, OUT version integer)
 LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
 BEGIN
     IF p_scope IS NULL THEN     -- a stored key: who is it, may it read?
         SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
@@ -177,8 +183,10 @@ BEGIN
         body := pm.get_position(p_asset, p_mode)::text;
         version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
     END IF;
-    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
-      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
+    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
+        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
+        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    END IF;
     IF outcome = 'rate_limited' THEN
         body := NULL;
         version := NULL;
@@ -198,6 +206,8 @@ CREATE OR REPLACE FUNCTION pm.api_list_positions(p_key_hash text, p_scope text, 
                                                  OUT rate_limit integer, OUT remaining integer,
                                                  OUT retry_after double precision, OUT fingerprint text, OUT body text)
 LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
 BEGIN
     SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
       FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
@@ -210,8 +220,10 @@ BEGIN
     IF fingerprint IS DISTINCT FROM p_known_fingerprint THEN
         body := pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_page_limit, p_offset);
     END IF;
-    SELECT a.outcome, a.remaining, a.retry_after INTO outcome, remaining, retry_after
-      FROM pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited) a;
+    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
+        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
+        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    END IF;
     IF outcome = 'rate_limited' THEN
         fingerprint := NULL;
         body := NULL;
