@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
             for end in ENDS:
                 s = summary[phase][kind][end]
                 if phase == "idle":
-                    ref = reference(f"target for p99 at idle (a requirement, not measured): at most", TARGET_MS[phase], "ms")
+                    ref = reference("the target for p99 at idle (a requirement, not a measurement)", TARGET_MS[phase], "ms")
                     label = f"idle: {KIND_LABEL[kind]} -> {END_LABEL[end]}, p99"
                 else:
                     idle_p99 = summary["idle"][kind][end]["p99"]

@@ -320,6 +320,21 @@ def markdown(results: dict) -> str:
                     lines.append(f"| {where} | {kind} | {end} | {s_['n']} | {num(s_['p50'], 'ms')} | "
                                  f"{num(s_['p99'], 'ms')} | {num(s_['max'], 'ms')} | {target:g} | "
                                  f"{'yes' if s_['p99'] <= target else '**no**'} |")
+        batches = detail.get("batches_while_sampling_under_load") or {}
+        cores = detail.get("cores_while_sampling_under_load") or {}
+        if batches.get("order_mean_batch_size"):
+            lines += ["", f"While sampling under load the order consumer applied batches of "
+                      f"{num(batches['order_mean_batch_size'])} messages in {num(batches['order_mean_batch_ms'], 'ms')} ms "
+                      f"on average (arrival to acknowledgement {num(batches['order_mean_arrival_to_ack_ms'], 'ms')} ms; "
+                      f"the burst's batches hold up to {run['params']['consumer_batch_size']:,}), and the relay published "
+                      f"batches of {num(batches['relay_mean_events_per_batch'])} events in "
+                      f"{num(batches['relay_mean_batch_ms'], 'ms')} ms on average (from the roles' heartbeats)."]
+        if cores.get("machine") is not None:
+            ours = {k: v for k, v in cores.items() if k not in ("machine", "everything else on the machine")}
+            lines += ["", f"Cores used meanwhile (of {run['machine']['cores']}): the machine {cores['machine']:.2f}, "
+                      f"other work on it {cores.get('everything else on the machine', 0):.2f}; "
+                      + ", ".join(f"{k} {v:.2f}" for k, v in sorted(ours.items(), key=lambda kv: -kv[1]) if v >= 0.01)
+                      + "."]
         http = detail.get("http_ms") or {}
         if http:
             lines += ["", "The price push's HTTP answer (the row is committed by then): " + "; ".join(
