@@ -11,9 +11,12 @@ LANGUAGE plpgsql AS $$
 DECLARE
     pos public.positions;
 BEGIN
-    -- (LIMIT 1 on the unique key: the plan is then a plain index scan, never a bitmap scan, whose
-    -- set-up costs more than the lookup of this one row)
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode LIMIT 1 FOR NO KEY UPDATE;
+    -- (the mode is tested as an expression that no index serves, so the plan always looks the row up
+    -- by its asset, one or two rows. PL/pgSQL keeps the plan it made at its first calls: made while
+    -- the table was new and had no statistics, it could take the shared table's index on mode alone
+    -- and visit every position of that mode, and every dead version of them, at each call)
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND (mode = p_mode) IS TRUE
+     FOR NO KEY UPDATE;
     IF FOUND OR NOT p_create THEN
         RETURN pos;
     END IF;
@@ -28,7 +31,8 @@ BEGIN
             pm.now_utc(), pm.now_utc())
     ON CONFLICT (asset, mode) DO NOTHING;
     PERFORM pm.own_writes(false);
-    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND mode = p_mode LIMIT 1 FOR NO KEY UPDATE;
+    SELECT * INTO pos FROM public.positions WHERE asset = p_asset AND (mode = p_mode) IS TRUE
+     FOR NO KEY UPDATE;
     RETURN pos;
 END
 $$;
