@@ -181,8 +181,8 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     # position_snapshot_created): messages, seconds; 0 = no such bound.
     ("event_queue_max_length", "POSITION_MANAGER_EVENT_QUEUE_MAX_LENGTH", "10000", _nonneg_int),
     ("event_queue_ttl", "POSITION_MANAGER_EVENT_QUEUE_TTL", "86400", _nonneg_int),
-    ("consumer_prefetch", "POSITION_MANAGER_CONSUMER_PREFETCH", "2000", _pos_int),
-    ("consumer_batch_size", "POSITION_MANAGER_CONSUMER_BATCH_SIZE", "1000", _pos_int),
+    ("consumer_prefetch", "POSITION_MANAGER_CONSUMER_PREFETCH", "4000", _pos_int),
+    ("consumer_batch_size", "POSITION_MANAGER_CONSUMER_BATCH_SIZE", "2000", _pos_int),
     ("max_delivery_attempts", "POSITION_MANAGER_MAX_DELIVERY_ATTEMPTS", "5", _pos_int),
     ("portfolio_event_interval", "POSITION_MANAGER_PORTFOLIO_EVENT_INTERVAL", "5", _nonneg_decimal),
     ("snapshot_interval", "POSITION_MANAGER_SNAPSHOT_INTERVAL", "3600", _pos_int),
