@@ -96,9 +96,9 @@ def publish(settings: settings_mod.Settings, queue: str, bodies: list[str]) -> f
     return rate
 
 
-def broker_ceiling(settings: settings_mod.Settings, queue: str, n: int) -> float:
+def broker_ceiling(settings: settings_mod.Settings, queue: str, n: int) -> tuple[float, float]:
     """A consumer that only acknowledges: the consumer's connection, prefetch and batch size, one
-    multiple-ack per batch (the consumer's own acknowledgement)."""
+    multiple-ack per batch (the consumer's own acknowledgement). (messages/s, CPU seconds it used)"""
     conn = common.mq_connect(settings, "bench-noop")
     ch = conn.channel()
     ch.basic_qos(prefetch_count=settings.consumer_prefetch)
@@ -110,14 +110,14 @@ def broker_ceiling(settings: settings_mod.Settings, queue: str, n: int) -> float
         if state["seen"] % batch == 0 or state["seen"] == n:
             channel.basic_ack(method.delivery_tag, multiple=True)
 
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     ch.basic_consume(queue, on_message)
     while state["seen"] < n:
         conn.process_data_events(time_limit=0.01)
-    rate = n / (time.perf_counter() - t)
+    rate, cpu = n / (time.perf_counter() - t), time.process_time() - cpu
     ch.queue_delete(queue)
     conn.close()
-    return rate
+    return rate, cpu
 
 
 def direct_sql(settings: settings_mod.Settings, bodies: list[str], every: int = 100) -> tuple[float, dict]:
@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     noop_queue = f"bench-e2e-{tag}.noop"
     try:
         publish(settings, noop_queue, bodies)
-        broker = broker_ceiling(settings, noop_queue, args.n)
+        broker, noop_cpu = broker_ceiling(settings, noop_queue, args.n)
         print(f"no-op consumer (the reference): {broker:,.0f} msg/s", flush=True)
 
         common.fresh_database(base, e2e_db)
@@ -261,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                              "consumer_prefetch": settings.consumer_prefetch},
         figures=figures,
         detail={"cpu_us_per_execution": cpu_us,
+                "noop_consumer_cpu_us_per_message": round(noop_cpu / args.n * 1e6, 1),
                 "direct_sql_cpu_us_per_execution": {k: round((v or 0) / args.n * 1e6, 1) for k, v in direct_cpu.items()},
                 "publish_rate": published, "outbox_pending_at_end": e2e["outbox_pending_at_end"],
                 "problems": problems[:20]})

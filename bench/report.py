@@ -295,6 +295,9 @@ def markdown(results: dict) -> str:
         if cpu:
             lines += ["| CPU per execution, end to end | µs |", "|---|---:|"]
             lines += [f"| {k} | {num(v)} |" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])]
+            noop = run["detail"].get("noop_consumer_cpu_us_per_message")
+            if noop is not None:
+                lines.append(f"| (the reference: the no-op pika consumer, per message) | {num(noop)} |")
             lines.append("")
 
     run = head("latency", "Latency: from a message to its position row and its event")
