@@ -495,8 +495,11 @@ def batch_figures(before: dict, after: dict) -> dict:
             "order_mean_batch_ms": ratio(delta("order", "batch_seconds_sum"), batches, 1000),
             "order_mean_arrival_to_ack_ms": ratio(delta("order", "message_seconds_sum"),
                                                   delta("order", "message_seconds_count"), 1000),
+            "order_batches_over_100ms": batches - delta("order", "batch_seconds_bucket:0.1"),
             "relay_batches": relayed, "relay_mean_events_per_batch": ratio(events, relayed),
-            "relay_mean_batch_ms": ratio(delta("relay", "publish_seconds_sum"), relayed, 1000)}
+            "relay_mean_batch_ms": ratio(delta("relay", "publish_seconds_sum"), relayed, 1000),
+            "relay_batches_over_100ms": relayed - delta("relay", "publish_seconds_bucket:0.1"),
+            "relay_portfolio_events": delta("relay", "published:portfolio_updated")}
 
 
 def queue_depth(ch, name: str) -> int:

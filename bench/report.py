@@ -332,6 +332,11 @@ def markdown(results: dict) -> str:
                       f"the burst's batches hold up to {run['params']['consumer_batch_size']:,}), and the relay published "
                       f"batches of {num(batches['relay_mean_events_per_batch'])} events in "
                       f"{num(batches['relay_mean_batch_ms'], 'ms')} ms on average (from the roles' heartbeats)."]
+            if batches.get("relay_batches_over_100ms") is not None:
+                lines[-1] += (f" Batches over 100 ms: {num(batches['order_batches_over_100ms'])} of "
+                              f"{num(batches['order_batches'])} of the consumer's, {num(batches['relay_batches_over_100ms'])} "
+                              f"of {num(batches['relay_batches'])} of the relay's (which published "
+                              f"{num(batches['relay_portfolio_events'])} portfolio_updated events meanwhile).")
         if cores.get("machine") is not None:
             ours = {k: v for k, v in cores.items() if k not in ("machine", "everything else on the machine")}
             lines += ["", f"Cores used meanwhile (of {run['machine']['cores']}): the machine {cores['machine']:.2f}, "
