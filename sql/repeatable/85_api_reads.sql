@@ -14,6 +14,20 @@ $$;
 COMMENT ON FUNCTION pm.get_position(text, text) IS
     'pm.get_position(asset any case, mode) -> the Position jsonb (pm.position_json, operator metadata included), or NULL when there is no such position. The API''s GET /api/v1/positions/{asset} and the manual writers'' results. Read only.';
 
+-- pm.position_matches(row of pm.v_positions, asset, mode, size_min, size_max, status) -> boolean
+-- Whether a position passes the list's filters (each NULL filter matches everything).
+CREATE OR REPLACE FUNCTION pm.position_matches(v pm.v_positions, p_asset text, p_mode text, p_size_min numeric,
+                                               p_size_max numeric, p_status text) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (p_asset IS NULL OR v.asset = p_asset)
+       AND (p_mode IS NULL OR v.mode = p_mode)
+       AND (p_size_min IS NULL OR abs(v.size) >= p_size_min)
+       AND (p_size_max IS NULL OR abs(v.size) <= p_size_max)
+       AND (p_status = 'all' OR v.is_open = (p_status = 'open'))
+$$;
+COMMENT ON FUNCTION pm.position_matches(pm.v_positions, text, text, numeric, numeric, text) IS
+    'pm.position_matches(row of pm.v_positions, asset (exact, upper case) or NULL, mode or NULL, size_min or NULL, size_max or NULL, status open|closed|all) -> boolean: the filter of pm.list_positions_text; size bounds apply to |size|, open = pm.v_positions.is_open. Pure (inlined into the list''s statements).';
+
 -- pm.list_positions_text(asset, mode, size_min, size_max, status, limit, offset) -> text
 -- Positions matching every given filter, ordered by (asset, mode), one page, as JSON text.
 CREATE OR REPLACE FUNCTION pm.list_positions_text(p_asset text DEFAULT NULL, p_mode text DEFAULT NULL,
@@ -45,22 +59,25 @@ BEGIN
         RAISE EXCEPTION 'invalid parameter offset: must be >= 0, got %', p_offset USING ERRCODE = '22023';
     END IF;
 
-    -- The matching rows and the page are chosen on the table, then rendered from the view:
-    -- pm.position_text reads the view's own row (its fields become plain columns), not a row copied
-    -- out of a subquery. (PL/pgSQL: the plan is cached per session.)
-    WITH matching AS MATERIALIZED (
-        SELECT p.id, p.asset, p.mode
-          FROM public.positions p
-         WHERE (l_asset IS NULL OR p.asset = l_asset)
-           AND (p_mode IS NULL OR p.mode = p_mode)
-           AND (p_size_min IS NULL OR abs(p.size) >= p_size_min)
-           AND (p_size_max IS NULL OR abs(p.size) <= p_size_max)
-           AND (l_status = 'all' OR pm.pos_is_open(p.size, p.long_size, p.short_size) = (l_status = 'open'))
-    )
-    SELECT string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode), count(*), (SELECT count(*) FROM matching)
-      INTO l_positions, l_count, l_total
-      FROM pm.v_positions v
-     WHERE v.id IN (SELECT m.id FROM matching m ORDER BY m.asset, m.mode LIMIT p_limit OFFSET coalesce(p_offset, 0));
+    -- Counted first (cheap: only the filter's columns are computed), then rendered: when the page
+    -- is everything that matches (the usual call), in one pass of the view without a page cut;
+    -- else through an ordered, cut subquery. pm.position_text is called on the view's own row
+    -- both times, so its fields are plain columns. (PL/pgSQL: the plans are cached per session.)
+    SELECT count(*) INTO l_total
+      FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
+    IF coalesce(p_offset, 0) = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
+        SELECT string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode), count(*)
+          INTO l_positions, l_count
+          FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
+    ELSE
+        SELECT string_agg(s.body, ',' ORDER BY s.asset, s.mode), count(*)
+          INTO l_positions, l_count
+          FROM (SELECT pm.position_text(v) AS body, v.asset, v.mode
+                  FROM pm.v_positions v
+                 WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status)
+                 ORDER BY v.asset, v.mode
+                 LIMIT p_limit OFFSET coalesce(p_offset, 0)) s;
+    END IF;
 
     RETURN '{"positions":[' || coalesce(l_positions, '') || '],"count":' || l_count || ',"total":' || l_total || '}';
 END
