@@ -5,18 +5,26 @@
 -- Repeatable (docs/migrations.md): re-applied whenever this file changes. Plain SQL, safe to run twice.
 
 -- pm.outbox_notify() -> trigger
--- NOTIFY pm_outbox once per inserting statement: the relay and the live stream wake on it instead of polling.
+-- NOTIFY pm_outbox once per transaction that inserts: the relay and the live stream wake on it instead of polling.
 CREATE OR REPLACE FUNCTION pm.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     done text;
 BEGIN
-    -- (an assignment, evaluated as a simple expression: PERFORM would start an executor per call)
+    -- (assignments, evaluated as simple expressions: PERFORM would start an executor per call)
     done := pg_notify('pm_outbox', '')::text;
+    -- the trigger's WHEN skips the call for the transaction's later inserts (a subtransaction that
+    -- rolls back takes this setting back with its notification)
+    done := set_config('pm.outbox_notified', pg_current_xact_id()::text, true);
     RETURN NULL;
 END
 $$;
 COMMENT ON FUNCTION pm.outbox_notify() IS
-    'Trigger: NOTIFY pm_outbox once per inserting statement (delivered at commit, coalesced per transaction).';
+    'Trigger (AFTER INSERT ON pm.outbox, per statement, WHEN the transaction has not notified yet): NOTIFY pm_outbox, delivered at commit, and marks the transaction as notified (the transaction-local setting pm.outbox_notified = its id), so that its later inserts skip the call. PostgreSQL delivers one notification per transaction anyway (same channel and payload); a subtransaction that rolls back takes back both.';
+
+DROP TRIGGER IF EXISTS outbox_notify ON pm.outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON pm.outbox FOR EACH STATEMENT
+    WHEN (current_setting('pm.outbox_notified', true) IS DISTINCT FROM pg_current_xact_id()::text)
+    EXECUTE FUNCTION pm.outbox_notify();
 
 -- pm.outbox_body(outbox row) -> jsonb
 -- The message body of an event: the stored payload, or the Position rendered from the image as of the change.
