@@ -439,28 +439,32 @@ def broker_pids() -> list[int]:
 
 class CpuShare:
     """CPU of the run's processes, of the broker and of the whole machine between start() and stop(),
-    in cores (CPU seconds per second): shows how much of the 2 cores the rest of the machine took."""
+    in cores (CPU seconds per second): shows how much of the 2 cores the rest of the machine took.
+    A process counts only when it lived through both readings (a restarted broker is not mistaken
+    for one that used no CPU)."""
 
     def __init__(self, db, services, children) -> None:
         self.db, self.services, self.children = db, services, children
 
-    def sample(self) -> dict[str, float]:
-        out = {"machine": machine_busy_seconds()}
-        for s in self.services:                       # the role's process, gunicorn's master and workers
-            out[f"python {s.name}"] = sum(common.cpu_seconds(p) or 0.0 for p in [s.pid, *s.children()])
-        for name, child in self.children.items():
-            out[f"bench {name}"] = common.cpu_seconds(child.pid) or 0.0
-        out["postgres backends of the run's database"] = sum(
-            common.cpu_seconds(pid) or 0.0 for pid, _query in self.db.execute(q("client_backends")).fetchall())
-        out["rabbitmq (the shared broker)"] = sum(common.cpu_seconds(p) or 0.0 for p in broker_pids())
+    def sample(self) -> dict[str, dict[int, float]]:
+        def cpu(pids) -> dict[int, float]:
+            return {pid: t for pid in pids if (t := common.cpu_seconds(pid)) is not None}
+        out = {f"python {s.name}": cpu([s.pid, *s.children()]) for s in self.services}   # gunicorn: its workers too
+        out.update({f"bench {name}": cpu([child.pid]) for name, child in self.children.items()})
+        out["postgres backends of the run's database"] = cpu(
+            [pid for pid, _query in self.db.execute(q("client_backends")).fetchall()])
+        out["rabbitmq (the shared broker)"] = cpu(broker_pids())
         return out
 
     def start(self) -> None:
-        self.t0, self.first = time.monotonic(), self.sample()
+        self.t0, self.machine0, self.first = time.monotonic(), machine_busy_seconds(), self.sample()
 
     def stop(self) -> dict[str, float]:
-        last, seconds = self.sample(), time.monotonic() - self.t0
-        cores = {k: round((last[k] - self.first.get(k, 0.0)) / seconds, 3) for k in last}
+        last, machine, seconds = self.sample(), machine_busy_seconds(), time.monotonic() - self.t0
+        cores = {"machine": round((machine - self.machine0) / seconds, 3)}
+        for key, pids in last.items():
+            before = self.first.get(key, {})
+            cores[key] = round(sum(t - before[pid] for pid, t in pids.items() if pid in before) / seconds, 3)
         ours = sum(v for k, v in cores.items() if k != "machine")
         cores["everything else on the machine"] = round(max(0.0, cores["machine"] - ours), 3)
         return cores

@@ -43,6 +43,7 @@ log = logging.getLogger("position_manager.relay")
 
 CLAIM_BATCH = 500            # rows per transaction
 SAFETY_POLL_SECONDS = 5.0    # publish even if a notification was missed
+SLOW_BATCH_SECONDS = 0.1     # a batch that took longer is logged with where its time went
 KILL_AFTER_PUBLISH_ENV = "PM_TEST_RELAY_KILL_AFTER_PUBLISH"  # tests only: SIGKILL self before marking
 
 
@@ -149,6 +150,7 @@ class OutboxRelay:
             rows = self.db.execute(appdb.q("pipeline_outbox_claim"), {"limit": CLAIM_BATCH}).fetchall()
             if not rows:
                 return 0
+            claimed = time.monotonic()
             messages = []
             for _id, event_id, event_type, trace_id, payload in rows:
                 headers = {"trace_id": trace_id} if trace_id else {}
@@ -157,11 +159,19 @@ class OutboxRelay:
                     message_id=str(event_id), headers=headers, type=event_type)
                 messages.append((event_type, payload.encode("utf-8"), properties))
             self.publisher.publish_all(messages, exchange=self.settings.events_exchange)
+            confirmed = time.monotonic()
             if self.kill_after_publish:
                 os.kill(os.getpid(), signal.SIGKILL)  # tests only: published, not yet marked
             self.db.execute(appdb.q("pipeline_outbox_mark_published"), {"ids": [r[0] for r in rows]})
         self.published_total += len(rows)
-        self.figures.observe("publish_seconds", time.monotonic() - started)
+        done = time.monotonic()
+        self.figures.observe("publish_seconds", done - started)
+        if done - started >= SLOW_BATCH_SECONDS:
+            log.info("slow relay batch", extra={
+                "count": len(rows), "claim_ms": round((claimed - started) * 1000, 1),
+                "publish_and_confirm_ms": round((confirmed - claimed) * 1000, 1),
+                "mark_and_commit_ms": round((done - confirmed) * 1000, 1),
+                "event_types": sorted({r[2] for r in rows})})
         for row in rows:
             self.figures.inc("published", row[2])
         if any(r[2] == "position_updated" for r in rows) and self.portfolio_pending_since is None:
