@@ -25,6 +25,7 @@ class _ContextFilter(logging.Filter):
 
 
 DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
+_ENCODE = json.JSONEncoder(default=str).encode   # json.dumps(x, default=str) without a new encoder a call
 
 
 class _JsonHandler(logging.StreamHandler):
@@ -84,7 +85,7 @@ def info_lines(logger: logging.Logger, message: str, records: list[dict]) -> Non
         line.update(extra)
         if not line["trace_id"]:
             line["trace_id"] = context_trace
-        lines.append(json.dumps(line, default=str))
+        lines.append(_ENCODE(line))
     lines.append("")
     text = "\n".join(lines)
     handler.acquire()

@@ -83,7 +83,7 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-@dataclass
+@dataclass(slots=True)
 class Delivery:
     """One message received from the broker and what became of it."""
     tag: int
