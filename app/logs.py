@@ -26,10 +26,11 @@ class _ContextFilter(logging.Filter):
 
 DATEFMT = "%Y-%m-%dT%H:%M:%S%z"
 _ENCODE = json.JSONEncoder(default=str).encode   # json.dumps(x, default=str) without a new encoder a call
+_ESCAPE = json.encoder.encode_basestring_ascii   # a str as json.dumps writes it (ensure_ascii)
 
 
 class _JsonHandler(logging.StreamHandler):
-    """setup()'s handler; info_lines() writes lines of the same shape without a LogRecord each."""
+    """setup()'s handler; info_rows() writes lines of the same shape without a LogRecord each."""
 
     def __init__(self, stream, service: str) -> None:
         super().__init__(stream)
@@ -64,28 +65,48 @@ def _plain_json_handler(logger: logging.Logger) -> _JsonHandler | None:
     return None
 
 
-def info_lines(logger: logging.Logger, message: str, records: list[dict]) -> None:
-    """Many INFO records of one message (e.g. one per consumed message of a batch): the same JSON
-    lines as `logger.info(message, extra=record)` each, written at once. With setup()'s handler
-    alone, formatted here (~3 us a line instead of ~30 through logging and python-json-logger);
-    with any other logging configuration, through logging record by record."""
-    if not records or not logger.isEnabledFor(logging.INFO):
+def _json_value(value) -> str:
+    """One value as json.dumps(value, default=str) writes it; the common types without the encoder."""
+    kind = type(value)
+    if kind is str:
+        return _ESCAPE(value)
+    if value is None:
+        return "null"
+    if kind is bool:
+        return "true" if value else "false"
+    if kind is int:
+        return int.__repr__(value)
+    return _ENCODE(value)
+
+
+def info_rows(logger: logging.Logger, message: str, fields: tuple[str, ...], rows: list[tuple]) -> None:
+    """Many INFO records of one message (e.g. one per consumed message of a batch), each row the
+    values of `fields` (which include "trace_id"): the same JSON lines as
+    `logger.info(message, extra=dict(zip(fields, row)))` each, written at once. With setup()'s
+    handler alone, formatted here from a template (~1-2 us a line instead of ~30 through logging and
+    python-json-logger); with any other logging configuration, through logging record by record."""
+    if not rows or not logger.isEnabledFor(logging.INFO):
         return
     handler = _plain_json_handler(logger)
     if handler is None or handler.level > logging.INFO:
-        for extra in records:
-            logger.info(message, extra=extra)
+        for row in rows:
+            logger.info(message, extra=dict(zip(fields, row)))
         return
-    head = {"timestamp": time.strftime(DATEFMT, time.localtime()), "level": "INFO", "logger": logger.name,
-            "message": message, "service": handler.service, "trace_id": None}
+    # the formatter's order: its own fields, trace_id, then the extras in their order
+    head = _ENCODE({"timestamp": time.strftime(DATEFMT, time.localtime()), "level": "INFO",
+                    "logger": logger.name, "message": message, "service": handler.service})[:-1]
+    head += ', "trace_id": '
+    trace_at = fields.index("trace_id")
+    rest = [(i, f", {_ESCAPE(name)}: ") for i, name in enumerate(fields) if i != trace_at]
     context_trace = trace_id_var.get()
     lines = []
-    for extra in records:
-        line = head.copy()
-        line.update(extra)
-        if not line["trace_id"]:
-            line["trace_id"] = context_trace
-        lines.append(_ENCODE(line))
+    for row in rows:
+        line = [head, _json_value(row[trace_at] or context_trace)]
+        for i, key in rest:
+            line.append(key)
+            line.append(_json_value(row[i]))
+        line.append("}")
+        lines.append("".join(line))
     lines.append("")
     text = "\n".join(lines)
     handler.acquire()

@@ -77,6 +77,9 @@ IDLE_FLUSH_SECONDS = 0.005    # flush a partial batch when no message arrived fo
 MAX_BATCH_AGE_SECONDS = 0.05  # ... or when its oldest message waited this long
 SLOW_PATH_CHUNK = 50          # messages (savepoints) per transaction when applying one by one
 KILL_AFTER_COMMITS_ENV = "PM_TEST_KILL_AFTER_COMMITS"  # tests only: SIGKILL self after the Nth commit
+# the fields of the line logged per applied message ("message processed")
+LOG_FIELDS = ("queue", "event_id", "trace_id", "status", "reason", "asset", "position_version", "delivery_tag",
+              "redelivered")
 
 
 def _reject_constant(name: str) -> Any:
@@ -661,16 +664,11 @@ class QueueConsumer:
 
     def _log(self, batch: list[Delivery]) -> None:
         """One line per applied message (dead letters were logged by _dead_letter), written at once."""
-        records = []
-        for d in batch:
-            result = d.result
-            if result is None:
-                continue
-            records.append({
-                "queue": self.queue, "event_id": d.event_id, "trace_id": d.trace_id,
-                "status": result["status"], "reason": result["reason"], "asset": result["asset"],
-                "position_version": result["version"], "delivery_tag": d.tag, "redelivered": d.redelivered})
-        logs.info_lines(log, "message processed", records)
+        queue = self.queue
+        logs.info_rows(log, "message processed", LOG_FIELDS, [
+            (queue, d.event_id, d.trace_id, d.result["status"], d.result["reason"], d.result["asset"],
+             d.result["version"], d.tag, d.redelivered)
+            for d in batch if d.result is not None])
 
 
 def run(settings: Settings, kind: str) -> None:
