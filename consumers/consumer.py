@@ -372,6 +372,7 @@ class QueueConsumer:
                 del self.pending[:batch_size]
                 if not self._flush(batch):
                     return  # stopping while the database is down: leave them unacknowledged
+                self._beat()   # between two batches (the database is idle): under a backlog too
             self._finish()   # nothing more ready: acknowledge what is committed now
             self._beat()
             if self.stopping:

@@ -102,3 +102,24 @@ def test_database_connection_killed_mid_batch_nothing_lost_or_counted_twice(pipe
     assert sorted(r["delivery_tag"] for r in processed(pipe, proc)) == list(range(1, len(bodies) + 1))
     assert_positions(pipe, fills)
     assert pipe.depth(pipe.settings.dead_letter_queue) == 0
+
+
+def test_heartbeats_go_on_through_a_long_backlog(pipe):
+    """Under a backlog one batch follows the other without a pause; the consumer still beats (and
+    reports the backlog) every heartbeat interval, between two batches."""
+    q = pipe.settings.order_queue
+    bodies, _ = fills_over([f"H{i}USDT" for i in range(5)], 6000, 13, "beat")
+    pipe.publish_many(q, bodies)
+    proc = pipe.start("order", POSITION_MANAGER_HEARTBEAT_INTERVAL="0.2",
+                      POSITION_MANAGER_CONSUMER_BATCH_SIZE="50", POSITION_MANAGER_CONSUMER_PREFETCH="100")
+    beats, seen = set(), set()
+    while pipe.ledger_count() < len(bodies) - 500:
+        row = pipe.db.execute("SELECT beat_at, (figures -> 'gauges' ->> 'queue_depth')::numeric FROM pm.heartbeats "
+                              "WHERE role = 'order' AND instance <> ''").fetchone()
+        if row is not None:
+            beats.add(row[0])
+            seen.add(row[1])
+        assert proc.poll() is None
+        pipe.db.execute("SELECT pg_sleep(0.1)")
+    assert len(beats) >= 3, beats                 # several beats while the backlog was worked off
+    assert any(depth and depth > 0 for depth in seen), seen
