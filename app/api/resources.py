@@ -22,11 +22,14 @@ POSITIONS_LIMIT_MAX = 10000
 SNAPSHOTS_LIMIT_MAX = 1000
 
 
-def send_json(resp: falcon.Response, body: str, status: str = falcon.HTTP_200) -> None:
-    """A JSON body as SQL built it (text), sent as it is."""
+def send_json(resp: falcon.Response, body: str | bytes, status: str = falcon.HTTP_200) -> None:
+    """A JSON body as SQL built it (text, or already encoded: a cached body), sent as it is."""
     resp.status = status
     resp.content_type = falcon.MEDIA_JSON
-    resp.text = body
+    if isinstance(body, bytes):
+        resp.data = body
+    else:
+        resp.text = body
 
 
 def call_one(req: falcon.Request, name: str, args: dict):
@@ -90,7 +93,7 @@ class PositionsResource:
         if body is None:
             body = known_body                # the page this process holds is the current one
         else:
-            self.cache.store(page, fingerprint, body)
+            body = self.cache.store(page, fingerprint, body)
         # Weak: time_held_minutes and the staleness flag move with the clock at the same fingerprint.
         etag = 'W/"%s"' % hashlib.sha1(repr((fingerprint, page)).encode()).hexdigest()[:20]
         resp.set_header("ETag", etag)
@@ -133,7 +136,7 @@ class PositionResource:
             if body is None:
                 body = known_body            # the version this process holds is the current one
             else:
-                self.cache.store((key["asset"], key["mode"]), version, body)
+                body = self.cache.store((key["asset"], key["mode"]), version, body)
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
         etag = f'W/"{version}"'
         resp.set_header("ETag", etag)

@@ -60,11 +60,23 @@ BEGIN
     END IF;
 
     -- Counted first (cheap: only the filter's columns are computed), then rendered: when the page
-    -- is everything that matches (the usual call), in one pass of the view without a page cut;
-    -- else through an ordered, cut subquery. pm.position_text is called on the view's own row
-    -- both times, so its fields are plain columns. (PL/pgSQL: the plans are cached per session.)
-    SELECT count(*) INTO l_total
-      FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
+    -- is everything that matches, in one pass of the view without a page cut; else through an
+    -- ordered, cut subquery. pm.position_text is called on the view's own row, so its fields are
+    -- plain columns. The usual call (no filter, one page) has a statement of its own: its cached
+    -- plan has no filter parameters for the planner to guess the selectivity of (with them it
+    -- guesses a few rows and joins the metadata in a nested loop). (PL/pgSQL: plans cached.)
+    IF l_asset IS NULL AND p_mode IS NULL AND p_size_min IS NULL AND p_size_max IS NULL AND l_status = 'all' THEN
+        SELECT count(*) INTO l_total FROM public.positions;
+        IF coalesce(p_offset, 0) = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
+            SELECT string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode), count(*)
+              INTO l_positions, l_count
+              FROM pm.v_positions v;
+            RETURN '{"positions":[' || coalesce(l_positions, '') || '],"count":' || l_count || ',"total":' || l_count || '}';
+        END IF;
+    ELSE
+        SELECT count(*) INTO l_total
+          FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
+    END IF;
     IF coalesce(p_offset, 0) = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
         SELECT string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode), count(*)
           INTO l_positions, l_count
