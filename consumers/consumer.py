@@ -301,6 +301,7 @@ class QueueConsumer:
                 log.info("database connected", extra={"queue": self.queue})
                 self._beat(force=True)
             except psycopg.Error as exc:
+                self._finish()   # a committed batch waiting for its ack does not wait for the database
                 delay = self.db_backoff.next_delay()
                 log.warning("database unreachable or not migrated, retrying", extra={
                     "queue": self.queue, "error": str(exc).strip(), "retry_in_seconds": round(delay, 2)})
