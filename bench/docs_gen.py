@@ -27,15 +27,17 @@ SCRIPTS = {"sql": "sql_bench.py", "e2e": "e2e_bench.py", "latency": "latency_ben
            "scaleout": "scaleout_bench.py", "snapshot": "snapshot_bench.py", "extras": "extras_bench.py", "soak": "soak.py"}
 # The README's table: (result, figure key, short name).
 HEADLINE = [
-    ("sql", "empty_k100_pipeline", "SQL core: `pm.apply_order_event`, pipelined, commit every 100"),
-    ("sql", "empty_k100_apply_batch", "SQL core: `pm.apply_batch` of 100 (the consumers' path)"),
-    ("sql", "grown_k100_pipeline", "SQL core with a grown ledger (pipelined)"),
-    ("e2e", "e2e", "pipeline end to end: queue -> consumer -> positions, relay running"),
+    ("sql", "empty_k100", "`pm.apply_order_event`, one round trip per call, commit every 100"),
+    ("sql", "empty_k100_apply_batch", "`pm.apply_batch` of 100 (the consumers' path)"),
+    ("sql", "ties_equal", "2,000 executions of one position sharing one timestamp"),
+    ("e2e", "e2e", "end to end: queue -> consumer -> positions, relay running"),
     ("latency", "idle_execution_event_p99",
      "latency p99, idle: execution published -> `position_updated` received (target 50 ms)"),
     ("latency", "load_execution_event_p99",
      "latency p99 at half the capacity measured in the same run, same path (target 250 ms)"),
     ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections"),
+    ("http", "c8_positions_rps", "`GET /api/v1/positions` (500 positions), 8 connections"),
+    ("http", "list_render_ms", "SQL rendering those 500 positions (target 5 ms)"),
     ("http", "c8_portfolio_rps", "`GET /api/v1/portfolio`, 8 connections"),
     ("snapshot", "fills_during_cleanup", "fill latency p99 while retention deletes a day"),
     ("soak", "api_p99", "API p99 under injected faults"),
