@@ -196,9 +196,9 @@ SELECT 1
 
 -- ===== Pipeline: the consumers and the outbox relay (consumers/) =====
 
--- name: pipeline_apply_order_batch
--- A batch of order-queue message bodies, sent as one text[] (binary: no escaping, ~0.5 us a body),
--- parsed as JSON here (the consumer does not parse them in Python on this path) and applied in the
+-- name: pipeline_apply_batch
+-- A batch of message bodies of one queue (kind order or position), sent as one text[] (binary: no
+-- escaping, ~0.5 us a body), parsed as JSON here (the consumer does not parse them in Python on this path) and applied in the
 -- caller's transaction by pm.apply_batch (each position is written once per batch). One row per
 -- body, in order, as plain columns: (ordinal, status, reason, asset and version of the position
 -- written, the last one of a multi-record message; event id and trace id for the log line). Any
@@ -210,19 +210,7 @@ SELECT t.i, t.r ->> 'status', t.r ->> 'reason', p.p ->> 'asset', (p.p ->> 'versi
        (SELECT v #>> '{}' FROM unnest(ARRAY[b.j -> 'event_id', b.j -> 'execution_id', b.j -> 'execId', b.j -> 'id']) AS v
          WHERE jsonb_typeof(v) IN ('string', 'number') LIMIT 1),
        CASE WHEN jsonb_typeof(b.j -> 'trace_id') = 'string' THEN b.j ->> 'trace_id' END
-  FROM jsonb_array_elements(pm.apply_batch('order', (SELECT jsonb_agg(j ORDER BY i) FROM b))) WITH ORDINALITY AS t(r, i)
-  JOIN b USING (i)
-  CROSS JOIN LATERAL (SELECT coalesce(t.r -> 'position', jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p) AS p
-
--- name: pipeline_apply_position_batch
--- As pipeline_apply_order_batch, for position-queue message bodies.
-WITH b AS MATERIALIZED (
-    SELECT u.i, u.body::jsonb AS j FROM unnest(%(bodies)b::text[]) WITH ORDINALITY AS u(body, i))
-SELECT t.i, t.r ->> 'status', t.r ->> 'reason', p.p ->> 'asset', (p.p ->> 'version')::bigint,
-       (SELECT v #>> '{}' FROM unnest(ARRAY[b.j -> 'event_id', b.j -> 'execution_id', b.j -> 'execId', b.j -> 'id']) AS v
-         WHERE jsonb_typeof(v) IN ('string', 'number') LIMIT 1),
-       CASE WHEN jsonb_typeof(b.j -> 'trace_id') = 'string' THEN b.j ->> 'trace_id' END
-  FROM jsonb_array_elements(pm.apply_batch('position', (SELECT jsonb_agg(j ORDER BY i) FROM b))) WITH ORDINALITY AS t(r, i)
+  FROM jsonb_array_elements(pm.apply_batch(%(kind)s, (SELECT jsonb_agg(j ORDER BY i) FROM b))) WITH ORDINALITY AS t(r, i)
   JOIN b USING (i)
   CROSS JOIN LATERAL (SELECT coalesce(t.r -> 'position', jsonb_path_query_array(t.r, '$.results[*].position') -> -1) AS p) AS p
 

@@ -66,10 +66,10 @@ from consumers import ws_gateway
 
 log = logging.getLogger("position_manager.consumer")
 
-# kind -> (settings attribute of the queue, one-message query, batch query)
+# kind -> (settings attribute of the queue, one-message query); a batch of either is pipeline_apply_batch
 KINDS = {
-    "order": ("order_queue", "apply_order_event", "pipeline_apply_order_batch"),
-    "position": ("position_queue", "apply_position_event", "pipeline_apply_position_batch"),
+    "order": ("order_queue", "apply_order_event"),
+    "position": ("position_queue", "apply_position_event"),
 }
 
 DEADLOCK_RETRIES = 3          # a deadlocked batch is retried at once this many times, then with backoff
@@ -221,7 +221,7 @@ def _json_safe(value: Any) -> Any:
 
 class QueueConsumer:
     def __init__(self, settings: Settings, kind: str) -> None:
-        queue_attr, self.one_query, self.batch_query = KINDS[kind]
+        queue_attr, self.one_query = KINDS[kind]
         self.settings = settings
         self.kind = kind
         self.queue: str = getattr(settings, queue_attr)
@@ -585,7 +585,8 @@ class QueueConsumer:
     def _apply_batch(self, todo: list[Delivery]) -> None:
         """The batch statement in one transaction; each message's result from its row."""
         with appdb.write_transaction(self.db):
-            rows = self.db.execute(appdb.q(self.batch_query), {"bodies": [d.text for d in todo]}).fetchall()
+            rows = self.db.execute(appdb.q("pipeline_apply_batch"),
+                                   {"kind": self.kind, "bodies": [d.text for d in todo]}).fetchall()
         for ordinal, status, reason, asset, version, event_id, trace_id in rows:
             todo[ordinal - 1].result = {"status": status, "reason": reason, "asset": asset, "version": version,
                                         "event_id": event_id, "trace_id": trace_id}

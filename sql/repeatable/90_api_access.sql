@@ -144,10 +144,8 @@ DECLARE
 BEGIN
     SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
       FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
-    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
-        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
-        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
-    END IF;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
 END
 $$;
 COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, boolean) IS
@@ -183,10 +181,8 @@ BEGIN
         body := pm.get_position(p_asset, p_mode)::text;
         version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
     END IF;
-    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
-        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
-        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
-    END IF;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
     IF outcome = 'rate_limited' THEN
         body := NULL;
         version := NULL;
@@ -220,10 +216,8 @@ BEGIN
     IF fingerprint IS DISTINCT FROM p_known_fingerprint THEN
         body := pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_page_limit, p_offset);
     END IF;
-    IF p_limited THEN           -- (an assignment: a plain expression, cheaper than a query)
-        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);
-        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
-    END IF;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
     IF outcome = 'rate_limited' THEN
         fingerprint := NULL;
         body := NULL;

@@ -171,7 +171,7 @@ def test_order_managers_hourly_rebuild_and_snapshots_are_caught(db, order_manage
 def test_our_own_writers_are_not_foreign(db):
     apply_order(db, exec_a("f1", "Buy", 1, 100))                                      # creates the row
     batch = [exec_a(f"b{i}", "Buy", 1, 10, minute=i, asset="SOLUSDT") for i in range(3)]
-    db.execute(q("pipeline_apply_order_batch"), {"bodies": [json.dumps(b) for b in batch]})  # the consumers' path
+    db.execute(q("pipeline_apply_batch"), {"kind": "order", "bodies": [json.dumps(b) for b in batch]})  # the consumers' path
     apply_order(db, order_b("o9", "partially_filled", "Sell", "0.5", "101", minute=5))  # cumulative shape
     report = {"event_id": "p1", "event_type": "position", "topic": "position.position", "timestamp": at(6),
               "payload": {"symbol": "BTCUSDT", "size": "0.5", "side": "Buy", "avg_price": None,
