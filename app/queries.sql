@@ -131,9 +131,9 @@ SELECT p::text AS body, (p ->> 'version')::integer AS version
 -- name: api_read_position
 -- GET /api/v1/positions/{asset}: admission (as api_admit) and the read of one Position in one round
 -- trip; version NULL when there is no such position, body NULL too when it is the known version.
-SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, body, version
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, version, body
   FROM pm.api_read_position(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
-                            %(asset)s, %(mode)s, %(known_version)s)
+                            %(asset)s, %(mode)s, %(known)s)
 
 -- name: api_live_key_digests
 -- bin/serve at start: the digests of the live stored keys (overrides that match none are warned about).
@@ -149,7 +149,7 @@ SELECT set_config('pm.client_addr', %(addr)s, true)
 SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, fingerprint, body
   FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
                              %(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(status)s, %(page_limit)s,
-                             %(offset)s, %(known_fingerprint)s)
+                             %(offset)s, %(known)s)
 
 -- name: api_validate_position
 -- POST /api/v1/positions/{asset}/validate; raises P0002 for an unknown position.

@@ -61,6 +61,30 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return False
 
 
+def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: dict):
+    """(version, body) of a read that folds admission into its statement and renders only what
+    this process does not hold: the statement gets the cached version as `known`, answers
+    (admission..., version, body) with body NULL when the known version is current."""
+    known, known_body = cache.known(key)
+    admission = access.pending(req)
+    row = raw_connection(req).execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
+    if admission is not None:
+        admission.apply(*row[:6])
+    version, body = row[6], row[7]
+    if body is not None:
+        return version, cache.store(key, version, body)
+    return version, (known_body if version is not None else None)
+
+
+def _send_tagged(req: falcon.Request, resp: falcon.Response, etag: str, body) -> None:
+    """The body with its ETag, or 304 when If-None-Match names it."""
+    resp.set_header("ETag", etag)
+    if _etag_matches(req.get_header("If-None-Match"), etag):
+        resp.status = falcon.HTTP_304
+        return
+    send_json(resp, body)
+
+
 class PositionsResource:
     """GET /api/v1/positions: admission and the list in one round trip (pm.api_list_positions),
     which renders the page only when the positions fingerprint moved since this process rendered
@@ -83,24 +107,9 @@ class PositionsResource:
             "offset": params.integer(req, "offset", default=0, minimum=0),
         }
         page = tuple(args.values())
-        known_fingerprint, known_body = self.cache.known(page)
-        admission = access.pending(req)
-        row = raw_connection(req).execute(q("api_list_positions"), {
-            **access.read_args(req, admission), **args, "known_fingerprint": known_fingerprint}).fetchone()
-        if admission is not None:
-            admission.apply(*row[:6])
-        fingerprint, body = row[6], row[7]
-        if body is None:
-            body = known_body                # the page this process holds is the current one
-        else:
-            body = self.cache.store(page, fingerprint, body)
+        fingerprint, body = _cached_read(req, self.cache, page, "api_list_positions", args)
         # Weak: time_held_minutes and the staleness flag move with the clock at the same fingerprint.
-        etag = 'W/"%s"' % hashlib.sha1(repr((fingerprint, page)).encode()).hexdigest()[:20]
-        resp.set_header("ETag", etag)
-        if _etag_matches(req.get_header("If-None-Match"), etag):
-            resp.status = falcon.HTTP_304
-            return
-        send_json(resp, body)
+        _send_tagged(req, resp, 'W/"%s"' % hashlib.sha1(repr((fingerprint, page)).encode()).hexdigest()[:20], body)
 
 
 class PositionResource:
@@ -124,26 +133,11 @@ class PositionResource:
                 raise not_found(f"no position {key['asset']} ({key['mode']})")
             body, version = row
         else:
-            known_version, known_body = self.cache.known((key["asset"], key["mode"]))
-            admission = access.pending(req)
-            row = raw_connection(req).execute(q("api_read_position"), {
-                **access.read_args(req, admission), **key, "known_version": known_version}).fetchone()
-            if admission is not None:
-                admission.apply(*row[:6])
-            body, version = row[6], row[7]
+            version, body = _cached_read(req, self.cache, (key["asset"], key["mode"]), "api_read_position", key)
             if version is None:
                 raise not_found(f"no position {key['asset']} ({key['mode']})")
-            if body is None:
-                body = known_body            # the version this process holds is the current one
-            else:
-                body = self.cache.store((key["asset"], key["mode"]), version, body)
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.
-        etag = f'W/"{version}"'
-        resp.set_header("ETag", etag)
-        if _etag_matches(req.get_header("If-None-Match"), etag):
-            resp.status = falcon.HTTP_304
-            return
-        send_json(resp, body)
+        _send_tagged(req, resp, f'W/"{version}"', body)
 
 
 class ValidateResource:
