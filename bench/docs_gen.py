@@ -37,7 +37,7 @@ HEADLINE = [
      "latency p99 at half the capacity measured in the same run, same path (target 250 ms)"),
     ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections"),
     ("http", "c8_positions_rps", "`GET /api/v1/positions` (500 positions), 8 connections"),
-    ("http", "list_render_ms", "SQL rendering those 500 positions (target 5 ms)"),
+    ("http", "list_render_ms", "SQL rendering those 500 positions, in the server (target 5 ms)"),
     ("http", "c8_portfolio_rps", "`GET /api/v1/portfolio`, 8 connections"),
     ("snapshot", "fills_during_cleanup", "fill latency p99 while retention deletes a day"),
     ("soak", "api_p99", "API p99 under injected faults"),

@@ -124,6 +124,10 @@ SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()
 -- http_bench: the SQL of GET /api/v1/positions, every position rendered (timed on a direct connection).
 SELECT pm.list_positions_text(NULL, NULL, NULL, NULL, 'all', 1000, 0)
 
+-- name: explain_analyze_prefix
+-- http_bench: put before a statement, its execution time in the server (no per-node timing overhead).
+EXPLAIN (ANALYZE, TIMING OFF, SUMMARY ON, FORMAT JSON)
+
 -- name: list_rows
 -- http_bench: the same rows read without rendering them, the floor beside list_render.
 SELECT * FROM public.positions ORDER BY asset, mode LIMIT 1000
