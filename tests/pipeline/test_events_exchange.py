@@ -48,6 +48,9 @@ def test_every_subscriber_gets_every_event(pipe):
     snapshot(pipe)
     proc = pipe.start("relay")
     wait_for(lambda: relay_log(pipe, proc, "relay connected"), what="the relay's declarations")
+    # ... and published what was there before (a queue bound later gets only later events)
+    wait_for(lambda: pipe.one("SELECT count(*) FROM pm.outbox WHERE published_at IS NULL") == 0,
+             what="the backlog published")
     # a new service (a risk service, a UI) binds its own queue: every event type, or just one
     channel = pipe.mq.channel()
     everything = channel.queue_declare("", exclusive=True).method.queue
