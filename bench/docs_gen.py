@@ -103,7 +103,7 @@ def readme_table(results: dict) -> str:
         run = results[name]
         failed = " (run FAILED its checks)" if run.get("passed") is False else ""
         lines.append(f"| {what}{failed} | {with_unit(fig['value'], fig['unit'])} | {reference_cell(fig)} | "
-                     f"{ratio(fig)} | `{run['command']}` |")
+                     f"{ratio(fig)} | `{run['command'].split(' --')[0]}` |")
     return "\n".join(lines) + "\n"
 
 
