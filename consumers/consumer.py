@@ -541,27 +541,31 @@ class QueueConsumer:
             raise
         return future.result()
 
-    def _apply(self, todo: list[Delivery]) -> None:
-        if not todo:
-            return
+    def _try_batch(self, todo: list[Delivery]) -> psycopg.Error | None:
+        """None when the batch was applied; the error when one of its messages is invalid (an error
+        that means "retry the whole batch later" is raised)."""
         try:
             self._apply_batch(todo)
-            return
+            return None
         except psycopg.Error as exc:
             if sqlstates.classify(exc).retry_batch:
                 raise
-            failed = exc
+            return exc
+
+    def _apply(self, todo: list[Delivery]) -> None:
+        if not todo:
+            return
+        failed = self._try_batch(todo)
+        if failed is None:
+            return
         # the bodies that are not JSON go to the dead-letter queue; the others once more at once
+        # (a list, not any(): check_json marks every body that is not JSON)
         not_json = [d for d in todo if not d.check_json()]
         if not_json:
             todo = [d for d in todo if d.dead is None]
-            try:
-                self._apply_batch(todo)
+            failed = self._try_batch(todo)
+            if failed is None:
                 return
-            except psycopg.Error as exc:
-                if sqlstates.classify(exc).retry_batch:
-                    raise
-                failed = exc
         log.info("a message of the batch failed, applying one by one", extra={
             "queue": self.queue, "sqlstate": failed.sqlstate, "messages": len(todo)})
         # at most SLOW_PATH_CHUNK savepoints per transaction (PostgreSQL caches 64 subtransaction
