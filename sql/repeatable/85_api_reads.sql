@@ -39,7 +39,7 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     l_asset text := upper(nullif(btrim(p_asset), ''));
     l_status text := coalesce(p_status, 'all');
-    l_body text;
+    l_offset integer := coalesce(p_offset, 0);
     l_total integer;
 BEGIN
     IF p_mode IS NOT NULL AND p_mode NOT IN ('one-way', 'hedge') THEN
@@ -58,43 +58,41 @@ BEGIN
         RAISE EXCEPTION 'invalid parameter offset: must be >= 0, got %', p_offset USING ERRCODE = '22023';
     END IF;
 
-    -- Counted first (cheap: only the filter's columns are computed), then rendered: when the page
-    -- is everything that matches, in one pass of the view without a page cut; else through an
-    -- ordered, cut subquery. pm.position_text is called on the view's own row, so its fields are
-    -- plain columns. The usual call (no filter, one page) has a statement of its own: its cached
-    -- plan has no filter parameters for the planner to guess the selectivity of (with them it
-    -- guesses a few rows and joins the metadata in a nested loop). (PL/pgSQL: plans cached.)
-    -- The page's JSON is finished inside each statement (one concat): a 400 kB text copied
-    -- piece by piece by || in PL/pgSQL costs as much as rendering a hundred positions.
+    -- Counted first (cheap: only the filter's columns are computed), then rendered in one
+    -- statement that returns the page's whole JSON: one string_agg over the head, the positions
+    -- in (asset, mode) order and the tail, each piece with its own separator (none before the
+    -- page's first position). Neither concat() nor || around the aggregate: on a 400 kB text each
+    -- costs a copy that grows it piece by piece, more than the aggregate itself. The aggregate
+    -- reads its input in the order the UNION ALL's parts and the ordered part deliver it (an
+    -- Append runs its parts one after the other). pm.position_text is called on the view's own
+    -- row, so its fields are plain columns. The usual call (no filter, one page) has a statement
+    -- of its own: its cached plan has no filter parameters for the planner to guess the
+    -- selectivity of (with them it guesses a few rows and joins the metadata in a nested loop).
     IF l_asset IS NULL AND p_mode IS NULL AND p_size_min IS NULL AND p_size_max IS NULL AND l_status = 'all' THEN
         SELECT count(*) INTO l_total FROM public.positions;
-        IF coalesce(p_offset, 0) = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
-            SELECT concat('{"positions":[', string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode),
-                          '],"count":', count(*), ',"total":', count(*), '}')
-              INTO l_body
-              FROM pm.v_positions v;
-            RETURN l_body;
+        IF l_offset = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
+            RETURN (SELECT string_agg(s.piece, s.sep) FROM (
+                SELECT '{"positions":[' AS piece, '' AS sep
+                UNION ALL
+                (SELECT pm.position_text(v), CASE WHEN row_number() OVER (ORDER BY v.asset, v.mode) = 1 THEN '' ELSE ',' END
+                   FROM pm.v_positions v ORDER BY v.asset, v.mode)
+                UNION ALL
+                SELECT concat('],"count":', l_total, ',"total":', l_total, '}'), '') s);
         END IF;
     ELSE
         SELECT count(*) INTO l_total
           FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
     END IF;
-    IF coalesce(p_offset, 0) = 0 AND (p_limit IS NULL OR p_limit >= l_total) THEN
-        SELECT concat('{"positions":[', string_agg(pm.position_text(v), ',' ORDER BY v.asset, v.mode),
-                      '],"count":', count(*), ',"total":', l_total, '}')
-          INTO l_body
-          FROM pm.v_positions v WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status);
-    ELSE
-        SELECT concat('{"positions":[', string_agg(s.body, ',' ORDER BY s.asset, s.mode),
-                      '],"count":', count(*), ',"total":', l_total, '}')
-          INTO l_body
-          FROM (SELECT pm.position_text(v) AS body, v.asset, v.mode
-                  FROM pm.v_positions v
-                 WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status)
-                 ORDER BY v.asset, v.mode
-                 LIMIT p_limit OFFSET coalesce(p_offset, 0)) s;
-    END IF;
-    RETURN l_body;
+    RETURN (SELECT string_agg(s.piece, s.sep) FROM (
+        SELECT '{"positions":[' AS piece, '' AS sep
+        UNION ALL
+        (SELECT pm.position_text(v), CASE WHEN row_number() OVER (ORDER BY v.asset, v.mode) = l_offset + 1 THEN '' ELSE ',' END
+           FROM pm.v_positions v
+          WHERE pm.position_matches(v, l_asset, p_mode, p_size_min, p_size_max, l_status)
+          ORDER BY v.asset, v.mode
+          LIMIT p_limit OFFSET l_offset)
+        UNION ALL
+        SELECT concat('],"count":', least(p_limit, greatest(l_total - l_offset, 0)), ',"total":', l_total, '}'), '') s);
 END
 $$;
 COMMENT ON FUNCTION pm.list_positions_text(text, text, numeric, numeric, text, integer, integer) IS

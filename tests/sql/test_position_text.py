@@ -88,6 +88,22 @@ def test_the_list_is_the_positions_in_order_with_count_and_total(db):
     assert db.execute("SELECT pm.list_positions() = pm.list_positions_text()::jsonb").fetchone()[0]
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(limit=st.one_of(st.none(), st.integers(0, 5)), offset=st.integers(0, 5), status=st.sampled_from(["all", "open"]),
+       mode=st.sampled_from([None, "one-way", "hedge"]))
+def test_every_page_is_its_slice_of_the_ordered_positions_as_valid_json(db, limit, offset, status, mode):
+    """The page is one statement of pieces, each with its own separator: whatever the page (first,
+    middle, past the end, empty, unlimited from an offset), it is valid JSON and exactly its slice."""
+    if not db.execute("SELECT count(*) FROM public.positions").fetchone()[0]:
+        book(db)
+    matching = [p for p, _ in rendered(db)
+                if (mode is None or p["mode"] == mode) and (status == "all" or p["is_open"])]
+    text = db.execute("SELECT pm.list_positions_text(NULL, %s, NULL, NULL, %s, %s, %s)",
+                      (mode, status, limit, offset)).fetchone()[0]
+    expected = matching[offset:] if limit is None else matching[offset:offset + limit]
+    assert json.loads(text) == {"positions": expected, "count": len(expected), "total": len(matching)}
+
+
 def test_api_list_positions_renders_only_when_the_fingerprint_moved(db):
     book(db)
     outcome, remaining, fingerprint, body = db.execute(LIST, {**ADMIN, **FILTERS, "known": None}).fetchone()
