@@ -61,7 +61,8 @@ BEGIN
     -- Counted first (cheap: only the filter's columns are computed), then rendered in one
     -- statement that returns the page's whole JSON: one string_agg over the head, the positions
     -- in (asset, mode) order and the tail, each piece with its own separator (none before the
-    -- page's first position). Neither concat() nor || around the aggregate: on a 400 kB text each
+    -- page's first position: the first of all, one index probe, or row_number() within a filtered
+    -- or later page). Neither concat() nor || around the aggregate: on a 400 kB text each
     -- costs a copy that grows it piece by piece, more than the aggregate itself. The aggregate
     -- reads its input in the order the UNION ALL's parts and the ordered part deliver it (an
     -- Append runs its parts one after the other). pm.position_text is called on the view's own
@@ -74,8 +75,10 @@ BEGIN
             RETURN (SELECT string_agg(s.piece, s.sep) FROM (
                 SELECT '{"positions":[' AS piece, '' AS sep
                 UNION ALL
-                (SELECT pm.position_text(v), CASE WHEN row_number() OVER (ORDER BY v.asset, v.mode) = 1 THEN '' ELSE ',' END
-                   FROM pm.v_positions v ORDER BY v.asset, v.mode)
+                (SELECT pm.position_text(v), CASE WHEN v.asset = f.asset AND v.mode = f.mode THEN '' ELSE ',' END
+                   FROM pm.v_positions v,
+                        (SELECT p.asset, p.mode FROM public.positions p ORDER BY p.asset, p.mode LIMIT 1) f
+                  ORDER BY v.asset, v.mode)
                 UNION ALL
                 SELECT concat('],"count":', l_total, ',"total":', l_total, '}'), '') s);
         END IF;
