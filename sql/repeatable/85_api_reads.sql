@@ -62,8 +62,8 @@ BEGIN
     -- statement that returns the page's whole JSON: one string_agg over the head, the positions
     -- in (asset, mode) order and the tail, each piece with its own separator (none before the
     -- page's first position: the first of all, one index probe, or row_number() within a filtered
-    -- or later page). Neither concat() nor || around the aggregate: on a 400 kB text each
-    -- costs a copy that grows it piece by piece, more than the aggregate itself. The aggregate
+    -- or later page). Neither concat() nor || around the aggregate, nor an INTO: each would copy
+    -- the 400 kB text once more (and concat grows its copy piece by piece). The aggregate
     -- reads its input in the order the UNION ALL's parts and the ordered part deliver it (an
     -- Append runs its parts one after the other). pm.position_text is called on the view's own
     -- row, so its fields are plain columns. The usual call (no filter, one page) has a statement
