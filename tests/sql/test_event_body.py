@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 
+import psycopg
+import pytest
+
 from app.db import q
 
 from tests.sql.helpers import exec_a, hedge_a, apply_order, messages
@@ -58,3 +61,16 @@ def test_the_live_stream_carries_the_same_body(db):
         assert {k: v for k, v in one.items() if k != "event_type"} == {
             k: v for k, v in published.items() if k != "event_type"}
         assert (one["avg_price"], one["take_profit"], one["notes"]) == ("50", "70", "watch")
+
+
+def test_the_outbox_takes_only_our_event_types_and_only_rows_with_a_body(db):
+    """outbox_row_check (one CHECK for both rules, so that each insert prepares one expression):
+    an event type this service does not publish, or a row with neither payload nor image, is
+    refused; the rows the service writes pass."""
+    insert = "INSERT INTO pm.outbox (event_type, payload) VALUES (%s, %s::jsonb) RETURNING id"
+    for event_type in ("position_updated", "portfolio_updated", "position_snapshot_created"):
+        assert db.execute(insert, (event_type, "{}")).fetchone()[0] is not None
+    for event_type, payload in (("position_closed", "{}"), ("", "{}"), ("position_updated", None)):
+        with pytest.raises(psycopg.errors.CheckViolation, match="outbox_row_check"):
+            db.execute(insert, (event_type, payload))
+    assert db.execute("SELECT count(*) FROM pm.outbox").fetchone()[0] == 3
