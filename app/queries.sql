@@ -117,9 +117,10 @@ SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 
 -- name: api_admit
 -- Admission of a request: a stored key looked up (scope NULL) or one vouched for by the API, its
--- scope against the route's, then one token of its rate limit (when limited); one round trip.
-SELECT outcome, key_name, scope, rate_limit, remaining, retry_after
-  FROM pm.api_admit(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s)
+-- scope against the route's, then up to `tokens` tokens of its rate limit (0: not limited, or the
+-- request spends a token its process holds already); one round trip.
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, granted
+  FROM pm.api_admit(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(tokens)s)
 
 -- name: api_get_position
 -- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when
@@ -131,8 +132,8 @@ SELECT p::text AS body, (p ->> 'version')::integer AS version
 -- name: api_read_position
 -- GET /api/v1/positions/{asset}: admission (as api_admit) and the read of one Position in one round
 -- trip; version NULL when there is no such position, body NULL too when it is the known version.
-SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, version, body
-  FROM pm.api_read_position(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, granted, version, body
+  FROM pm.api_read_position(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(tokens)s,
                             %(asset)s, %(mode)s, %(known)s)
 
 -- name: api_live_key_digests
@@ -146,8 +147,8 @@ SELECT set_config('pm.client_addr', %(addr)s, true)
 -- name: api_list_positions
 -- GET /api/v1/positions: admission (as api_admit) and one page of the list in one round trip; body
 -- NULL when the positions fingerprint is the known one (the caller holds that page already).
-SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, fingerprint, body
-  FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
+SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, granted, fingerprint, body
+  FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(tokens)s,
                              %(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(status)s, %(page_limit)s,
                              %(offset)s, %(known)s)
 

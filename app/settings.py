@@ -198,6 +198,9 @@ _VARIABLES: list[tuple[str, str, str | None, Callable[[str], Any]]] = [
     ("rate_limit_enabled", "POSITION_MANAGER_RATE_LIMIT_ENABLED", "true", _bool),
     ("rate_limit_default", "POSITION_MANAGER_RATE_LIMIT_DEFAULT", "100", _pos_int),
     ("rate_limit_overrides", "POSITION_MANAGER_RATE_LIMIT_OVERRIDES", "", parse_overrides),
+    # The most tokens an API process takes at once from the bucket of a key limited to at least
+    # 6,000 requests per minute (a lease: app/api/access.py); 1 = every request takes its own.
+    ("rate_limit_lease", "POSITION_MANAGER_RATE_LIMIT_LEASE", "32", _pos_int),
     # The price job's Bybit host: BYBIT_API_URL when set, else the host of BYBIT_ENVIRONMENT
     # (testnet or mainnet, as in the trading stack's own configuration).
     ("bybit_environment", "BYBIT_ENVIRONMENT", "mainnet", _bybit_environment),
@@ -283,6 +286,7 @@ class Settings:
     rate_limit_enabled: bool
     rate_limit_default: int
     rate_limit_overrides: dict[str, int]
+    rate_limit_lease: int
     bybit_environment: str
     bybit_api_url: str
     ws_gateway_host: str

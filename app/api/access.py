@@ -18,11 +18,19 @@ may instead fold admission into its own statement (`ADMITS_IN_QUERY`: GET /api/v
 reads key, token and position in one round trip, pm.api_read_position); admission then still
 happens before any other statement (app.api.middleware.connection), error (app.api.errors.handle)
 or response goes out.
+
+Tokens of fast keys are leased (TokenLeases): for a key limited to at least LEASE_MIN_LIMIT
+requests per minute whose bucket is far from empty, a process takes several tokens in one take and
+spends them on its next requests of that key within LEASE_SECONDS, so that most of its requests
+write nothing to the database. Near the bucket's end, and for slower keys, every request takes its
+own token. docs/security.md says what that changes of the limit's guarantees.
 """
 from __future__ import annotations
 
 import hmac
 import re
+import threading
+import time
 from dataclasses import dataclass
 
 import falcon
@@ -46,6 +54,11 @@ KEY_MAX_LENGTH = 256
 TOKEN_MAX_LENGTH = 4096
 _SUBJECT = re.compile(r"^[\x21-\x7e]{1,128}$")   # printable ASCII, no spaces or control characters
 
+LEASE_MIN_LIMIT = 6000   # requests per minute: keys limited below this take one token per request
+LEASE_SECONDS = 0.1      # a leased token not spent within this after its take is dropped
+LEASE_SHARE = 8          # a take asks for at most 1/8 of the tokens its key's bucket held after the last one
+LEASE_KEYS = 4096        # keys remembered per process before expired leases are forgotten
+
 
 @dataclass
 class Caller:
@@ -66,30 +79,83 @@ class Caller:
         return "api:" + self.key_hash[:12]
 
 
+class TokenLeases:
+    """The tokens this process took ahead from the buckets of fast keys, to spend on its next
+    requests of each key. A take asks for one token, or for a lease of up to `most` when the key's
+    limit is at least LEASE_MIN_LIMIT and its bucket held at least LEASE_SHARE times that many after
+    the last take (so near the bucket's end every request takes its own token again, and the tokens
+    held by all processes together stay a small share of the bucket). The database grants what the
+    bucket holds (pm.rate_limit_lease): never more than the limit is taken. A leased token is spent
+    within LEASE_SECONDS of its take or dropped. Shared by the threads of a worker."""
+
+    def __init__(self, most: int):
+        self.most = most
+        self.lock = threading.Lock()
+        # key hash -> [tokens held, spend-by (monotonic), the key's limit, tokens left in its bucket]
+        self.held: dict[str, list] = {}
+
+    def spend(self, key_hash: str) -> tuple[int, int] | None:
+        """(limit, remaining) when a token held for the key was spent on this request, else None."""
+        with self.lock:
+            lease = self.held.get(key_hash)
+            if lease is None or lease[0] <= 0 or lease[1] < time.monotonic():
+                return None
+            lease[0] -= 1
+            return lease[2], lease[3] + lease[0]
+
+    def refund(self, key_hash: str) -> None:
+        """A spent token back (its request was refused for its scope)."""
+        with self.lock:
+            lease = self.held.get(key_hash)
+            if lease is not None:
+                lease[0] += 1
+
+    def want(self, key_hash: str) -> int:
+        """How many tokens this request's take asks for."""
+        lease = self.held.get(key_hash)
+        if self.most <= 1 or lease is None or lease[2] < LEASE_MIN_LIMIT:
+            return 1
+        return max(1, min(self.most, lease[3] // LEASE_SHARE))
+
+    def keep(self, key_hash: str, granted: int, limit: int, remaining: int) -> int:
+        """After a take: the request spends one granted token, the others are held. Returns the
+        tokens left to the key (its bucket's and those held here)."""
+        held = max(granted - 1, 0)
+        with self.lock:
+            if len(self.held) >= LEASE_KEYS and key_hash not in self.held:
+                now = time.monotonic()
+                self.held = {k: v for k, v in self.held.items() if v[1] >= now}
+            self.held[key_hash] = [held, time.monotonic() + LEASE_SECONDS, limit, remaining]
+        return remaining + held
+
+
 class Admission:
     """The database part of admitting one request, run at most once (pm.api_admit, or folded into a
     resource's statement). Outcomes other than ok raise the error response; the rate-limit headers
     go on the response either way."""
 
-    def __init__(self, req: falcon.Request, resp: falcon.Response, caller: Caller, needed: str, limited: bool,
-                 default_limit: int):
+    def __init__(self, req: falcon.Request, resp: falcon.Response, caller: Caller, needed: str, tokens: int,
+                 default_limit: int, leases: TokenLeases | None = None, spent: bool = False):
         self.req, self.resp, self.caller = req, resp, caller
-        self.needed, self.limited, self.default_limit = needed, limited, default_limit
+        self.needed, self.tokens, self.default_limit = needed, tokens, default_limit
+        self.leases, self.spent = leases, spent   # spent: the request spent a token held by this process
         self.done = False
 
     def args(self) -> dict:
         """The admission arguments of pm.api_admit / pm.api_read_position."""
         self.done = True
         return {"key_hash": self.caller.key_hash, "scope": self.caller.scope, "limit": self.caller.limit,
-                "default_limit": self.default_limit, "needed": self.needed, "limited": self.limited}
+                "default_limit": self.default_limit, "needed": self.needed, "tokens": self.tokens}
 
     def run(self, conn=None) -> None:
         conn = conn if conn is not None else raw_connection(self.req)
         self.apply(*conn.execute(q("api_admit"), self.args()).fetchone())
 
     def apply(self, outcome: str, key_name: str | None, scope: str | None, rate_limit: int | None,
-              remaining: int | None, retry_after: float | None) -> None:
+              remaining: int | None, retry_after: float | None, granted: int | None) -> None:
         self.done = True
+        if self.spent and outcome in ("unknown_key", "forbidden"):
+            self.leases.refund(self.caller.key_hash)
         if outcome == "unknown_key":
             raise ApiError(401, "unauthorized", "missing or invalid X-API-Key header")
         if key_name is not None:
@@ -98,14 +164,20 @@ class Admission:
         if outcome == "forbidden":
             _forbidden(self.req, self.caller, self.needed)
         if remaining is not None:
-            self.resp.set_header("X-RateLimit-Limit", str(rate_limit))
-            self.resp.set_header("X-RateLimit-Remaining", str(remaining))
+            if self.leases is not None:
+                remaining = self.leases.keep(self.caller.key_hash, granted, rate_limit, remaining)
+            _limit_headers(self.resp, rate_limit, remaining)
         if outcome == "rate_limited":
             RATE_LIMITED.inc()
             wait = max(1, -int(-retry_after // 1))  # whole seconds, rounded up
             raise ApiError(429, "rate_limited",
                            f"rate limit of {rate_limit} requests per minute exceeded; retry in {wait} s",
                            {"Retry-After": str(wait)})
+
+
+def _limit_headers(resp: falcon.Response, limit: int, remaining: int) -> None:
+    resp.set_header("X-RateLimit-Limit", str(limit))
+    resp.set_header("X-RateLimit-Remaining", str(remaining))
 
 
 def _forbidden(req: falcon.Request, caller: Caller, needed: str):
@@ -121,7 +193,7 @@ def read_args(req: falcon.Request, admission: Admission | None) -> dict:
         return admission.args()
     caller = req.context.caller
     return {"key_hash": caller.key_hash, "scope": caller.scope, "limit": caller.limit, "default_limit": 1,
-            "needed": "read", "limited": False}
+            "needed": "read", "tokens": 0}
 
 
 def pending(req: falcon.Request) -> Admission | None:
@@ -143,6 +215,7 @@ class AccessMiddleware:
         self.override_limits = {digest(key): limit for key, limit in settings.rate_limit_overrides.items()}
         self.default_limit = settings.rate_limit_default
         self.limited = settings.rate_limit_enabled
+        self.leases = TokenLeases(settings.rate_limit_lease)
         self.jwt_secret = settings.jwt_secret or None
 
     # -------------------------------------------------------------- credentials
@@ -197,10 +270,16 @@ class AccessMiddleware:
         needed = required_scope(req)
         if caller.scope is not None and not scope_allows(caller.scope, needed):
             _forbidden(req, caller, needed)
-        limited = self.limited and getattr(resource, "RATE_LIMITED", True)
-        if caller.kind != "stored" and not limited:
+        tokens, spent = 0, None
+        if self.limited and getattr(resource, "RATE_LIMITED", True):
+            spent = self.leases.spend(caller.key_hash)
+            if spent is None:
+                tokens = self.leases.want(caller.key_hash)
+            else:
+                _limit_headers(resp, *spent)
+        if caller.kind != "stored" and not tokens:
             return  # nothing left to ask the database
-        admission = Admission(req, resp, caller, needed, limited, self.default_limit)
+        admission = Admission(req, resp, caller, needed, tokens, self.default_limit, self.leases, spent is not None)
         req.context.admission = admission
         if req.method not in getattr(resource, "ADMITS_IN_QUERY", ()):
             admission.run()
@@ -214,7 +293,7 @@ class AccessMiddleware:
             return
         admission = req.context.get("admission")
         if admission is None and caller.kind == "stored":
-            admission = req.context.admission = Admission(req, resp, caller, "read", False, self.default_limit)
+            admission = req.context.admission = Admission(req, resp, caller, "read", 0, self.default_limit)
         if admission is not None and not admission.done:
             try:
                 admission.run()

@@ -69,8 +69,8 @@ def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: d
     admission = access.pending(req)
     row = raw_connection(req).execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
     if admission is not None:
-        admission.apply(*row[:6])
-    version, body = row[6], row[7]
+        admission.apply(*row[:7])
+    version, body = row[7], row[8]
     if body is not None:
         return version, cache.store(key, version, body)
     return version, (known_body if version is not None else None)

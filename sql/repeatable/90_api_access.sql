@@ -9,17 +9,19 @@
 -- probe. Scopes are ordered: read < write < admin. Errors: 22023 bad input naming the field, 23505 a
 -- live key of that name exists (-> 409), P0002 no live key of that name.
 
--- pm.rate_limit_take(key_hash, limit, at) -> (allowed, remaining, retry_after, reset_after)
--- Takes one token of a key's bucket (GCRA): `limit` requests per minute, up to `limit` at once.
-CREATE OR REPLACE FUNCTION pm.rate_limit_take(p_key_hash text, p_limit integer, p_at double precision DEFAULT NULL,
-                                              OUT allowed boolean, OUT remaining integer,
-                                              OUT retry_after double precision, OUT reset_after double precision)
+-- pm.rate_limit_lease(key_hash, limit, tokens, at) -> (granted, remaining, retry_after, reset_after)
+-- Takes up to `tokens` tokens of a key's bucket (GCRA) at once: as many as it holds, none when empty.
+CREATE OR REPLACE FUNCTION pm.rate_limit_lease(p_key_hash text, p_limit integer, p_tokens integer DEFAULT 1,
+                                               p_at double precision DEFAULT NULL,
+                                               OUT granted integer, OUT remaining integer,
+                                               OUT retry_after double precision, OUT reset_after double precision)
 LANGUAGE plpgsql AS $$
 DECLARE
     -- GCRA: a request is due every l_interval seconds; the theoretical arrival time (tat) of the
     -- next one may run at most one period (60 s) ahead of now, which is a bucket of `limit` tokens
     -- refilled one every l_interval. So over any span of w seconds at most limit + w / l_interval
-    -- requests pass, wherever the span falls (no window boundary to burst across).
+    -- tokens are taken, wherever the span falls (no window boundary to burst across). The bucket
+    -- holds floor((60 - (max(tat, now) - now)) / l_interval) tokens; n of them move tat n intervals on.
     l_now double precision := coalesce(p_at, extract(epoch FROM clock_timestamp()));
     l_interval double precision;
     l_tat double precision;
@@ -30,38 +32,63 @@ BEGIN
     IF p_limit IS NULL OR p_limit <= 0 THEN
         PERFORM pm.bad_input('limit', format('must be > 0, got %s', coalesce(p_limit::text, 'nothing')));
     END IF;
+    IF p_tokens IS NULL OR p_tokens <= 0 THEN
+        PERFORM pm.bad_input('tokens', format('must be > 0, got %s', coalesce(p_tokens::text, 'nothing')));
+    END IF;
     l_interval := 60.0 / p_limit;
     -- Concurrent requests of one key queue on the row lock (held to the caller's commit: call it in
-    -- autocommit, last) and each decides on the state committed before it. An allowed request is one
-    -- UPDATE (HOT: no indexed column changes); a refused one writes nothing (a flood of refused
-    -- requests costs reads only); a key's first request inserts its row (race-safe: once more when
-    -- another request inserted it meanwhile).
+    -- autocommit, last) and each decides on the state committed before it. An allowed take is one
+    -- UPDATE (HOT: no indexed column changes) that also records how many tokens it took (taken:
+    -- RETURNING sees only the new row); a refused one writes nothing (a flood of refused requests
+    -- costs reads only); a key's first take inserts its row (race-safe: once more when another
+    -- request inserted it meanwhile).
     FOR attempt IN 1 .. 2 LOOP
-        UPDATE pm.api_rate_state s SET tat = greatest(s.tat, l_now) + l_interval
+        UPDATE pm.api_rate_state s
+           SET tat = greatest(s.tat, l_now)
+                     + l_interval * least(p_tokens, floor((60.0 - greatest(s.tat - l_now, 0)) / l_interval + 1e-9)),
+               taken = least(p_tokens, floor((60.0 - greatest(s.tat - l_now, 0)) / l_interval + 1e-9))
          WHERE s.key_hash = p_key_hash AND greatest(s.tat, l_now) + l_interval - l_now <= 60.0
-        RETURNING s.tat INTO l_tat;
-        allowed := FOUND;
-        EXIT WHEN allowed;
+        RETURNING s.tat, s.taken INTO l_tat, granted;
+        EXIT WHEN FOUND;
         SELECT s.tat INTO l_tat FROM pm.api_rate_state s WHERE s.key_hash = p_key_hash;
         EXIT WHEN FOUND;            -- refused
-        INSERT INTO pm.api_rate_state AS s (key_hash, tat) VALUES (p_key_hash, l_now + l_interval)
+        INSERT INTO pm.api_rate_state AS s (key_hash, tat, taken)
+        VALUES (p_key_hash, l_now + l_interval * least(p_tokens, p_limit), least(p_tokens, p_limit))
         ON CONFLICT (key_hash) DO NOTHING
-        RETURNING s.tat INTO l_tat;
-        allowed := FOUND;
-        EXIT WHEN allowed;
+        RETURNING s.tat, s.taken INTO l_tat, granted;
+        EXIT WHEN FOUND;
     END LOOP;
-    IF allowed THEN
+    IF granted IS NOT NULL THEN
         remaining := floor((60.0 - (l_tat - l_now)) / l_interval + 1e-9)::integer;
         retry_after := 0;
     ELSE
+        granted := 0;
         remaining := 0;
         retry_after := l_tat + l_interval - 60.0 - l_now;
     END IF;
     reset_after := greatest(l_tat - l_now, 0);
 END
 $$;
+COMMENT ON FUNCTION pm.rate_limit_lease(text, integer, integer, double precision) IS
+    'pm.rate_limit_lease(key_hash, limit per minute > 0, tokens > 0 default 1, at epoch seconds default the clock) -> (granted: tokens taken, min(tokens, tokens in the bucket), 0 when it is empty; remaining tokens after them; retry_after seconds until the next token (0 when granted); reset_after seconds until the bucket is full): token bucket / GCRA with a capacity of limit and one token every 60/limit s, in PostgreSQL (exact across workers and hosts). Over any span of w seconds at most limit + w*limit/60 tokens are taken; a refused take takes nothing and writes nothing. Locks the key''s row to the caller''s commit. Errors: 22023 naming key_hash, limit or tokens. Not idempotent.';
+
+-- pm.rate_limit_take(key_hash, limit, at) -> (allowed, remaining, retry_after, reset_after)
+-- One token of a key's bucket (pm.rate_limit_lease of one token), as a yes or no.
+CREATE OR REPLACE FUNCTION pm.rate_limit_take(p_key_hash text, p_limit integer, p_at double precision DEFAULT NULL,
+                                              OUT allowed boolean, OUT remaining integer,
+                                              OUT retry_after double precision, OUT reset_after double precision)
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record := pm.rate_limit_lease(p_key_hash, p_limit, 1, p_at);
+BEGIN
+    allowed := t.granted > 0;
+    remaining := t.remaining;
+    retry_after := t.retry_after;
+    reset_after := t.reset_after;
+END
+$$;
 COMMENT ON FUNCTION pm.rate_limit_take(text, integer, double precision) IS
-    'pm.rate_limit_take(key_hash, limit per minute > 0, at epoch seconds default the clock) -> (allowed, remaining tokens, retry_after seconds until the next token (0 when allowed), reset_after seconds until the bucket is full): token bucket / GCRA with a capacity of limit and one token every 60/limit s, in PostgreSQL (exact across workers and hosts). Over any span of w seconds at most limit + w*limit/60 requests are allowed; a rejected request takes nothing and writes nothing. Locks the key''s row to the caller''s commit. Errors: 22023 naming key_hash or limit. Not idempotent: every allowed call takes a token.';
+    'pm.rate_limit_take(key_hash, limit per minute > 0, at epoch seconds default the clock) -> (allowed, remaining tokens, retry_after seconds until the next token (0 when allowed), reset_after seconds until the bucket is full): one token of pm.rate_limit_lease (token bucket / GCRA with a capacity of limit and one token every 60/limit s, in PostgreSQL, exact across workers and hosts). Over any span of w seconds at most limit + w*limit/60 requests are allowed; a rejected request takes nothing and writes nothing. Locks the key''s row to the caller''s commit. Errors: 22023 naming key_hash or limit. Not idempotent: every allowed call takes a token.';
 
 -- pm.rate_limit_hit(key_hash, limit, window_seconds) -> (allowed, hits, reset_seconds)
 -- The earlier fixed-window signature, kept for processes of the previous release: takes from the bucket.
@@ -110,55 +137,58 @@ $$;
 COMMENT ON FUNCTION pm.api_key_check(text, text, integer, integer, text) IS
     'pm.api_key_check(key hash, scope or NULL, limit or NULL, default limit, needed scope read|write|admin) -> (outcome ok|unknown_key|forbidden, key_name, scope, rate_limit). With scope NULL the key is looked up among the live keys of pm.api_keys (its own limit unless limit is given, else the default); with a scope the caller has authenticated the key itself. Scopes are ordered read < write < admin. Read only.';
 
--- pm.api_take_token(outcome, key_hash, rate_limit, limited) -> (outcome, remaining, retry_after)
--- The last step of admitting a request: one token of the key's bucket when the request is ok and limited.
-CREATE OR REPLACE FUNCTION pm.api_take_token(p_outcome text, p_key_hash text, p_rate_limit integer, p_limited boolean,
-                                             OUT outcome text, OUT remaining integer, OUT retry_after double precision)
+-- pm.api_take_token(outcome, key_hash, rate_limit, tokens) -> (outcome, remaining, retry_after, granted)
+-- The last step of admitting a request: up to `tokens` tokens of the key's bucket when the request is ok and limited.
+CREATE OR REPLACE FUNCTION pm.api_take_token(p_outcome text, p_key_hash text, p_rate_limit integer, p_tokens integer,
+                                             OUT outcome text, OUT remaining integer, OUT retry_after double precision,
+                                             OUT granted integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     t record;
 BEGIN
     outcome := p_outcome;
-    IF p_outcome = 'ok' AND p_limited THEN
-        t := pm.rate_limit_take(p_key_hash, p_rate_limit);
+    IF p_outcome = 'ok' AND p_tokens > 0 THEN
+        t := pm.rate_limit_lease(p_key_hash, p_rate_limit, p_tokens);
         remaining := t.remaining;
         retry_after := t.retry_after;
-        IF NOT t.allowed THEN
+        granted := t.granted;
+        IF t.granted = 0 THEN
             outcome := 'rate_limited';
         END IF;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pm.api_take_token(text, text, integer, boolean) IS
-    'pm.api_take_token(outcome so far, key hash, rate limit, limited) -> (outcome: rate_limited when the bucket is empty, else unchanged; remaining tokens and retry_after seconds, NULL when no token was taken): takes one token of pm.rate_limit_take only for an ok, rate-limited request. The last step of pm.api_admit and of the statements that fold admission into their read; call it last and in autocommit (the bucket row is locked to the commit).';
+COMMENT ON FUNCTION pm.api_take_token(text, text, integer, integer) IS
+    'pm.api_take_token(outcome so far, key hash, rate limit, tokens: 0 = not limited, else the most to take) -> (outcome: rate_limited when the bucket is empty, else unchanged; remaining tokens, retry_after seconds and granted tokens (pm.rate_limit_lease), NULL when none were asked for): takes tokens only for an ok request that asks for them (the API asks for more than one to keep the rest for its next requests of the key: a lease). The last step of pm.api_admit and of the statements that fold admission into their read; call it last and in autocommit (the bucket row is locked to the commit).';
 
--- pm.api_admit(key_hash, scope, limit, default limit, needed scope, limited) -> (outcome, key_name, scope, rate_limit, remaining, retry_after)
+-- pm.api_admit(key_hash, scope, limit, default limit, needed scope, tokens) -> (outcome, key_name, scope, rate_limit, remaining, retry_after, granted)
 -- The database part of admitting an API request in one call: the key, its scope, then a token.
 CREATE OR REPLACE FUNCTION pm.api_admit(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
-                                        p_needed text, p_limited boolean,
+                                        p_needed text, p_tokens integer,
                                         OUT outcome text, OUT key_name text, OUT scope text, OUT rate_limit integer,
-                                        OUT remaining integer, OUT retry_after double precision)
+                                        OUT remaining integer, OUT retry_after double precision, OUT granted integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     t record;
 BEGIN
     SELECT c.outcome, c.key_name, c.scope, c.rate_limit INTO outcome, key_name, scope, rate_limit
       FROM pm.api_key_check(p_key_hash, p_scope, p_limit, p_default_limit, p_needed) c;
-    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
-    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
 END
 $$;
-COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, boolean) IS
-    'pm.api_admit(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited) -> (outcome ok|unknown_key|forbidden|rate_limited, key_name, scope, rate_limit, remaining, retry_after seconds): pm.api_key_check, then (when limited and the key may) one token of pm.rate_limit_take. An unknown or forbidden key takes no token. Call it in autocommit (the token''s row lock is held to the commit).';
+COMMENT ON FUNCTION pm.api_admit(text, text, integer, integer, text, integer) IS
+    'pm.api_admit(key hash, scope or NULL, limit or NULL, default limit, needed scope, tokens: 0 = not limited, else the most to take) -> (outcome ok|unknown_key|forbidden|rate_limited, key_name, scope, rate_limit, remaining, retry_after seconds, granted tokens): pm.api_key_check, then (when tokens > 0 and the key may) up to that many tokens of pm.rate_limit_lease. An unknown or forbidden key takes no token. Call it in autocommit (the token''s row lock is held to the commit).';
 
--- pm.api_read_position(key_hash, scope, limit, default limit, needed scope, limited, asset, mode, known version) -> (outcome, ..., body, version)
+-- pm.api_read_position(key_hash, scope, limit, default limit, needed scope, tokens, asset, mode, known version) -> (outcome, ..., granted, body, version)
 -- GET /api/v1/positions/{asset} admitted and read in one round trip: key and scope, the read, then the token.
 CREATE OR REPLACE FUNCTION pm.api_read_position(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
-                                                p_needed text, p_limited boolean, p_asset text, p_mode text,
+                                                p_needed text, p_tokens integer, p_asset text, p_mode text,
                                                 p_known_version integer,
                                                 OUT outcome text, OUT key_name text, OUT scope text,
                                                 OUT rate_limit integer, OUT remaining integer,
-                                                OUT retry_after double precision, OUT body text, OUT version integer)
+                                                OUT retry_after double precision, OUT granted integer,
+                                                OUT body text, OUT version integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     t record;
@@ -181,26 +211,29 @@ BEGIN
         body := pm.get_position(p_asset, p_mode)::text;
         version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
     END IF;
-    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
-    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    IF p_tokens > 0 THEN
+        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
+        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
+    END IF;
     IF outcome = 'rate_limited' THEN
         body := NULL;
         version := NULL;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pm.api_read_position(text, text, integer, integer, text, boolean, text, text, integer) IS
-    'pm.api_read_position(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited, asset, mode, known version or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after as pm.api_admit; version of the position (NULL when there is none or the request is not admitted) and body = its Position JSON text (pm.get_position), NULL as well when it is the known version, which the caller then holds already). One round trip for the API''s most frequent read: a stored key is looked up (scope NULL), a key with a scope is one the caller authenticated; the position is read only for a key that may read it, before the token is taken (the bucket row is locked only briefly). Call it in autocommit.';
+COMMENT ON FUNCTION pm.api_read_position(text, text, integer, integer, text, integer, text, text, integer) IS
+    'pm.api_read_position(key hash, scope or NULL, limit or NULL, default limit, needed scope, tokens, asset, mode, known version or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after, granted as pm.api_admit; version of the position (NULL when there is none or the request is not admitted) and body = its Position JSON text (pm.get_position), NULL as well when it is the known version, which the caller then holds already). One round trip for the API''s most frequent read: a stored key is looked up (scope NULL), a key with a scope is one the caller authenticated; the position is read only for a key that may read it, before the token is taken (the bucket row is locked only briefly). Call it in autocommit.';
 
--- pm.api_list_positions(key_hash, scope, limit, default limit, needed scope, limited, filters..., known fingerprint) -> (outcome, ..., fingerprint, body)
+-- pm.api_list_positions(key_hash, scope, limit, default limit, needed scope, tokens, filters..., known fingerprint) -> (outcome, ..., granted, fingerprint, body)
 -- GET /api/v1/positions admitted and read in one round trip: key and scope, the list, then the token.
 CREATE OR REPLACE FUNCTION pm.api_list_positions(p_key_hash text, p_scope text, p_limit integer, p_default_limit integer,
-                                                 p_needed text, p_limited boolean, p_asset text, p_mode text,
+                                                 p_needed text, p_tokens integer, p_asset text, p_mode text,
                                                  p_size_min numeric, p_size_max numeric, p_status text,
                                                  p_page_limit integer, p_offset integer, p_known_fingerprint text,
                                                  OUT outcome text, OUT key_name text, OUT scope text,
                                                  OUT rate_limit integer, OUT remaining integer,
-                                                 OUT retry_after double precision, OUT fingerprint text, OUT body text)
+                                                 OUT retry_after double precision, OUT granted integer,
+                                                 OUT fingerprint text, OUT body text)
 LANGUAGE plpgsql AS $$
 DECLARE
     t record;
@@ -216,16 +249,18 @@ BEGIN
     IF fingerprint IS DISTINCT FROM p_known_fingerprint THEN
         body := pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_page_limit, p_offset);
     END IF;
-    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_limited);   -- (an assignment: no query)
-    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after;
+    IF p_tokens > 0 THEN
+        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
+        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
+    END IF;
     IF outcome = 'rate_limited' THEN
         fingerprint := NULL;
         body := NULL;
     END IF;
 END
 $$;
-COMMENT ON FUNCTION pm.api_list_positions(text, text, integer, integer, text, boolean, text, text, numeric, numeric, text, integer, integer, text) IS
-    'pm.api_list_positions(key hash, scope or NULL, limit or NULL, default limit, needed scope, limited, asset, mode, size_min, size_max, status, page limit, offset, known fingerprint or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after as pm.api_admit; fingerprint = pm.positions_fingerprint() and body = pm.list_positions_text(...) of an admitted request, body NULL when the fingerprint is the known one, which the caller then holds the body of already). One round trip for GET /api/v1/positions; the list is read before the token is taken (the bucket row is locked only briefly). Errors of the filters as pm.list_positions_text (22023). Call it in autocommit.';
+COMMENT ON FUNCTION pm.api_list_positions(text, text, integer, integer, text, integer, text, text, numeric, numeric, text, integer, integer, text) IS
+    'pm.api_list_positions(key hash, scope or NULL, limit or NULL, default limit, needed scope, tokens, asset, mode, size_min, size_max, status, page limit, offset, known fingerprint or NULL) -> (outcome, key_name, scope, rate_limit, remaining, retry_after, granted as pm.api_admit; fingerprint = pm.positions_fingerprint() and body = pm.list_positions_text(...) of an admitted request, body NULL when the fingerprint is the known one, which the caller then holds the body of already). One round trip for GET /api/v1/positions; the list is read before the token is taken (the bucket row is locked only briefly). Errors of the filters as pm.list_positions_text (22023). Call it in autocommit.';
 
 -- pm.stream_take_slot(key_hash, cap) -> integer
 -- One of a key's `cap` live-stream slots for this session (session advisory lock); NULL when all are taken.

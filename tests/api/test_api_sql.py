@@ -78,6 +78,42 @@ def test_no_span_lets_more_through_than_the_bucket_and_its_refill(connect, gaps,
             assert j - i + 1 <= limit + span * limit / 60 + 1e-6
 
 
+def lease(db, at: float, tokens: int, key: str = "k" * 64, limit: int = 60):
+    """One take of up to `tokens` tokens at epoch second `at`: (granted, remaining, retry_after)."""
+    return db.execute("SELECT granted, remaining, retry_after FROM pm.rate_limit_lease(%s, %s, %s, %s)",
+                      (key, limit, tokens, at)).fetchone()
+
+
+def test_a_lease_takes_what_the_bucket_holds_and_no_more(db):
+    assert lease(db, 1000.0, 4, limit=10) == (4, 6, 0)
+    assert lease(db, 1000.0, 8, limit=10) == (6, 0, 0)          # only the six left
+    granted, remaining, retry_after = lease(db, 1000.0, 3, limit=10)
+    assert (granted, remaining) == (0, 0) and retry_after == pytest.approx(6.0)   # one token every 6 s
+    assert take(db, 1006.0, limit=10)[:2] == (True, 0)           # the same bucket as single takes
+    assert lease(db, 1000.0, 50, key="fresh", limit=10)[:2] == (10, 0)   # a new key: a full bucket at most
+    assert db.execute("SELECT taken FROM pm.api_rate_state WHERE key_hash = 'fresh'").fetchone() == (10,)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(takes=st.lists(st.tuples(st.floats(min_value=0, max_value=3, allow_nan=False), st.integers(1, 6)),
+                      min_size=1, max_size=120),
+       limit=st.integers(min_value=1, max_value=40))
+def test_no_span_takes_more_tokens_than_the_bucket_and_its_refill(connect, takes, limit):
+    """Property: whatever the sizes of the takes, over any span of w seconds at most
+    limit + w * limit / 60 tokens are granted, and a take is refused only when the bucket is empty."""
+    db = connect(autocommit=True)
+    key = uuid.uuid4().hex
+    t, granted = 10_000.0, []
+    for gap, tokens in takes:
+        t += gap
+        n, remaining, _ = lease(db, t, tokens, key=key, limit=limit)
+        assert 0 <= n <= tokens and (n == tokens or remaining == 0)
+        granted += [t] * n
+    for i, start in enumerate(granted):
+        for j in range(i, len(granted)):
+            assert j - i + 1 <= limit + (granted[j] - start) * limit / 60 + 1e-6
+
+
 def test_the_previous_signature_takes_from_the_bucket(db):
     rows = [db.execute("SELECT allowed, hits, reset_seconds FROM pm.rate_limit_hit(%s, 3)", ("h" * 64,)).fetchone()
             for _ in range(4)]
@@ -85,10 +121,13 @@ def test_the_previous_signature_takes_from_the_bucket(db):
     assert all(1 <= r[2] <= 60 for r in rows)
 
 
-@pytest.mark.parametrize("args", [("", 5, None), (None, 5, None), ("k", -1, None), ("k", 0, None)])
+@pytest.mark.parametrize("args", [("", 5, 1), (None, 5, 1), ("k", -1, 1), ("k", 0, 1), ("k", 5, 0), ("k", 5, None)])
 def test_rate_limit_rejects_bad_arguments(db, args):
     with pytest.raises(psycopg.errors.InvalidParameterValue):
-        db.execute("SELECT * FROM pm.rate_limit_take(%s, %s, %s)", args)
+        db.execute("SELECT * FROM pm.rate_limit_lease(%s, %s, %s)", args)
+    if args[2] == 1:
+        with pytest.raises(psycopg.errors.InvalidParameterValue):
+            db.execute("SELECT * FROM pm.rate_limit_take(%s, %s)", args[:2])
 
 
 def test_list_positions_in_sql(db):

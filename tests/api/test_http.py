@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 
 import pytest
 import yaml
 from falcon import testing
 
 from app import logs, schema
+from app.api import access
 from app.api.health import BrokerProbe
+from app.api.keys import digest
 from tests.api.conftest import API_KEY
 from bench.common import free_port
 from tests.sql.calls import fill
@@ -200,6 +203,61 @@ def test_rate_limit_in_one_process(make_client, api_settings, stored_key):
     assert single.status_code == 429 and single.headers["x-ratelimit-remaining"] == "0"
     # /health is not limited
     assert client.simulate_get("/health").status_code == 200
+
+
+def _taken(db, key: str):
+    """How many tokens the last take of the key's bucket took (pm.api_rate_state.taken)."""
+    return db.execute("SELECT taken FROM pm.api_rate_state WHERE key_hash = %s", (digest(key),)).fetchone()[0]
+
+
+def test_a_fast_key_leases_tokens_and_its_limit_still_holds(make_client, api_settings, db):
+    """A key limited to LEASE_MIN_LIMIT per minute: its process takes tokens several at a time (the
+    bucket records takes of more than one), yet a burst gets no more through than the bucket holds
+    plus its refill (100 a second) over the burst and one lease's lifetime, and near the bucket's end
+    every request takes its own token again (the last take before the refusal took one)."""
+    limit = access.LEASE_MIN_LIMIT
+    client = make_client(api_settings.with_overrides(rate_limit_default=limit))
+    started = time.monotonic()
+    statuses = []
+    while len(statuses) < 2 * limit and (not statuses or statuses[-1] == 200):
+        statuses.append(client.simulate_get("/api/v1/portfolio").status_code)
+        if len(statuses) == 50:
+            assert _taken(db, API_KEY) > 1   # a lease
+    elapsed = time.monotonic() - started
+    admitted = statuses.count(200)
+    assert statuses[-1] == 429 and statuses[:-1] == [200] * admitted
+    assert limit <= admitted <= limit + (elapsed + access.LEASE_SECONDS) * limit / 60
+    assert _taken(db, API_KEY) == 1
+
+
+def test_leases_can_be_turned_off_and_slow_keys_never_lease(make_client, api_settings, db, stored_key):
+    slow = stored_key("slow", "read", rate_limit=access.LEASE_MIN_LIMIT - 1)
+    client = make_client(api_settings.with_overrides(rate_limit_default=access.LEASE_MIN_LIMIT, rate_limit_lease=1))
+    remaining = [client.simulate_get("/api/v1/portfolio").headers["x-ratelimit-remaining"] for _ in range(20)]
+    assert _taken(db, API_KEY) == 1
+    assert [int(r) for r in remaining[:3]] == [access.LEASE_MIN_LIMIT - 1, access.LEASE_MIN_LIMIT - 2,
+                                               access.LEASE_MIN_LIMIT - 3]
+    client = make_client(api_settings)
+    for _ in range(20):
+        assert client.simulate_get("/api/v1/portfolio", headers={"X-API-Key": slow}).status_code == 200
+    assert _taken(db, slow) == 1
+
+
+def test_a_leased_token_is_dropped_when_not_spent_in_time():
+    leases = access.TokenLeases(most=32)
+    assert leases.want("k") == 1                       # nothing known of the key: one token
+    assert leases.keep("k", 1, access.LEASE_MIN_LIMIT, 5000) == 5000
+    assert leases.want("k") == 32                      # a fast key far from its end: a lease
+    assert leases.keep("k", 3, access.LEASE_MIN_LIMIT, 4990) == 4992
+    assert leases.spend("k") == (access.LEASE_MIN_LIMIT, 4991)
+    time.sleep(access.LEASE_SECONDS * 1.5)
+    assert leases.spend("k") is None                   # the other one was not spent in time
+    leases.keep("k", 1, access.LEASE_MIN_LIMIT, 40)
+    assert leases.want("k") == 5                       # at most 1/8 of what the bucket holds
+    leases.keep("k", 1, access.LEASE_MIN_LIMIT, 10)
+    assert leases.want("k") == 1                       # near its end: one token per request
+    leases.keep("s", 1, access.LEASE_MIN_LIMIT - 1, 5000)
+    assert leases.want("s") == 1                       # a slower key: never a lease
 
 
 def test_rate_limit_can_be_disabled(make_client, api_settings):

@@ -11,10 +11,10 @@ from psycopg.types.json import Jsonb
 
 from tests.sql.helpers import apply_order, exec_a, hedge_a
 
-ADMIN = dict(key_hash="k" * 64, scope="admin", limit=None, default_limit=100, needed="read", limited=True)
+ADMIN = dict(key_hash="k" * 64, scope="admin", limit=None, default_limit=100, needed="read", tokens=1)
 FILTERS = dict(asset=None, mode=None, size_min=None, size_max=None, status="all", page_limit=1000, offset=0)
 LIST = """SELECT outcome, remaining, fingerprint, body
-            FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(limited)s,
+            FROM pm.api_list_positions(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(tokens)s,
                                        %(asset)s, %(mode)s, %(size_min)s, %(size_max)s, %(status)s, %(page_limit)s,
                                        %(offset)s, %(known)s)"""
 
