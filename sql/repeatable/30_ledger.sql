@@ -204,11 +204,13 @@ $$;
 COMMENT ON FUNCTION pm.with_state(public.positions, pm.pos_state) IS
     'pm.with_state(positions row, state) -> the same row (in memory) carrying the state''s size, averages, realized PnL and holding times. Pure; writes nothing.';
 
--- pm.ledger_insert(locked position, ledger row) -> pm.pos_state
+-- pm.ledger_insert(locked position, ledger row, newest time, newest sequence) -> pm.pos_state
 -- Inserts a row in the ledger's order, once per key; a late row re-folds only the rows after it.
 -- The order: execution time, then exchange sequence, then arrival (rows sharing a time and a
 -- sequence stay in the order they were applied, so such a row is never late).
-CREATE OR REPLACE FUNCTION pm.ledger_insert(p_pos public.positions, e pm.executions) RETURNS pm.pos_state
+CREATE OR REPLACE FUNCTION pm.ledger_insert(p_pos public.positions, e pm.executions,
+                                            p_newest_time timestamptz DEFAULT NULL, p_newest_seq bigint DEFAULT NULL)
+RETURNS pm.pos_state
 LANGUAGE plpgsql AS $$
 DECLARE
     l_time timestamptz;
@@ -220,30 +222,38 @@ DECLARE
     v_late boolean;
     v_dup boolean;
 BEGIN
-    -- one statement: the newest row of this position's ledger, and whether the key was applied
-    -- before (to any position). Read after the row lock, so a writer that held it is visible.
-    SELECT n.exec_time, n.seq, n.exec_key, EXISTS (SELECT 1 FROM pm.executions d WHERE d.exec_key = e.exec_key)
-      INTO l_time, l_seq, l_key, v_dup
-      FROM (VALUES (1)) one
-      LEFT JOIN LATERAL (SELECT x.exec_time, x.seq, x.exec_key FROM pm.executions x WHERE x.position_id = p_pos.id
-                          ORDER BY x.exec_time DESC, x.seq DESC, x.arrival DESC, x.exec_key DESC LIMIT 1) n ON true;
-    IF v_dup THEN
-        RETURN NULL;
-    END IF;
-
-    IF l_key IS NULL THEN
-        st := pm.state_of(p_pos);
-        IF NOT pm.is_flat(st) OR st.realized <> 0 THEN
-            -- a position that existed before its ledger: its state becomes the opening balance
-            l_time := '-infinity'; l_seq := -1; l_key := 'opening:' || p_pos.id;
-            INSERT INTO pm.executions (position_id, exec_key, kind, source, exec_time, seq, target, state_after)
-            VALUES (p_pos.id, l_key, 'opening', 'validation', l_time, l_seq, st, st);
+    IF (e.exec_time, e.seq) > (p_newest_time, p_newest_seq) THEN
+        -- the caller holds the lock and knows the ledger's newest row (pm.apply_batch: the one it
+        -- applied before, or read): this row comes strictly after it, so it is neither late nor in
+        -- this position's ledger already, and nothing is read before the insert (the key applied
+        -- to another position is caught by the insert itself)
+        v_late := false;
+    ELSE
+        -- one statement: the newest row of this position's ledger, and whether the key was applied
+        -- before (to any position). Read after the row lock, so a writer that held it is visible.
+        SELECT n.exec_time, n.seq, n.exec_key, EXISTS (SELECT 1 FROM pm.executions d WHERE d.exec_key = e.exec_key)
+          INTO l_time, l_seq, l_key, v_dup
+          FROM (VALUES (1)) one
+          LEFT JOIN LATERAL (SELECT x.exec_time, x.seq, x.exec_key FROM pm.executions x WHERE x.position_id = p_pos.id
+                              ORDER BY x.exec_time DESC, x.seq DESC, x.arrival DESC, x.exec_key DESC LIMIT 1) n ON true;
+        IF v_dup THEN
+            RETURN NULL;
         END IF;
-    END IF;
 
-    -- late: older than the newest row by time or sequence; a row of the newest one's time and
-    -- sequence goes after it (arrival order) and is not late
-    v_late := l_key IS NOT NULL AND (e.exec_time, e.seq) < (l_time, l_seq);
+        IF l_key IS NULL THEN
+            st := pm.state_of(p_pos);
+            IF NOT pm.is_flat(st) OR st.realized <> 0 THEN
+                -- a position that existed before its ledger: its state becomes the opening balance
+                l_time := '-infinity'; l_seq := -1; l_key := 'opening:' || p_pos.id;
+                INSERT INTO pm.executions (position_id, exec_key, kind, source, exec_time, seq, target, state_after)
+                VALUES (p_pos.id, l_key, 'opening', 'validation', l_time, l_seq, st, st);
+            END IF;
+        END IF;
+
+        -- late: older than the newest row by time or sequence; a row of the newest one's time and
+        -- sequence goes after it (arrival order) and is not late
+        v_late := l_key IS NOT NULL AND (e.exec_time, e.seq) < (l_time, l_seq);
+    END IF;
     IF NOT v_late THEN
         -- in order: the stored position is the state before this row
         st := pm.step(pm.state_of(p_pos), p_pos.mode, e, v_label);
@@ -278,8 +288,8 @@ BEGIN
     RETURN st;
 END
 $$;
-COMMENT ON FUNCTION pm.ledger_insert(public.positions, pm.executions) IS
-    'pm.ledger_insert(locked position, ledger row) -> state after the whole ledger. Places the row in the ledger''s order: execution time, then exchange sequence, then arrival (rows sharing a time and a sequence keep the order in which they were applied; the new row goes after them). A row older than the newest by time or sequence re-folds only the rows after it, so executions of distinct (time, sequence) give a state that depends on their set, not on delivery order; a row of the newest row''s time and sequence re-folds nothing. A position with state but no ledger gets an opening balance first. Returns NULL, and adds no row for it, when exec_key is in the ledger already (checked first; a concurrent delivery of the same key for another position is caught by the insert): the execution was applied before. Caller holds the row lock; raises 22023 from pm.step.';
+COMMENT ON FUNCTION pm.ledger_insert(public.positions, pm.executions, timestamptz, bigint) IS
+    'pm.ledger_insert(locked position, ledger row, newest time and sequence of its ledger when the caller knows them, default NULL) -> state after the whole ledger. Places the row in the ledger''s order: execution time, then exchange sequence, then arrival (rows sharing a time and a sequence keep the order in which they were applied; the new row goes after them). A row older than the newest by time or sequence re-folds only the rows after it, so executions of distinct (time, sequence) give a state that depends on their set, not on delivery order; a row of the newest row''s time and sequence re-folds nothing. A position with state but no ledger gets an opening balance first. Returns NULL, and adds no row for it, when exec_key is in the ledger already (checked first; a concurrent delivery of the same key for another position is caught by the insert): the execution was applied before. Caller holds the row lock; raises 22023 from pm.step. Given the newest time and sequence of the ledger (the caller read or applied that row under the same lock) and a row strictly after them, nothing is read before the insert (the row cannot be in this position''s ledger; a key applied to another position is caught by the insert, after the step).';
 
 -- pm.fold_ledger(position id) -> pm.pos_state
 -- A position's whole ledger folded from scratch (ignores the stored state_after). Read only.

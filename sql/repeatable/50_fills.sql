@@ -160,6 +160,8 @@ DECLARE
     group_idxs integer[] := '{}';
     group_keys text[] := '{}';
     group_trace text;
+    newest_time timestamptz;
+    newest_seq bigint;
     j jsonb;
 BEGIN
     IF p_kind NOT IN ('order', 'position') THEN
@@ -209,11 +211,20 @@ BEGIN
             END IF;
             pos := pm.lock_position(x.asset, x.mode);
             group_idxs := '{}'; group_keys := '{}';
+            -- the newest row of its ledger (none: NULL, and its first execution takes the full path);
+            -- then each execution applied here is the newest unless it was late, so the ones in
+            -- order are inserted without reading the ledger first (pm.ledger_insert)
+            SELECT l.exec_time, l.seq INTO newest_time, newest_seq FROM pm.executions l
+             WHERE l.position_id = pos.id ORDER BY l.exec_time DESC, l.seq DESC LIMIT 1;
         END IF;
-        new_state := pm.ledger_insert(pos, x.e);
+        new_state := pm.ledger_insert(pos, x.e, newest_time, newest_seq);
         IF new_state IS NULL THEN
             results[x.i] := jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || (x.e).exec_key || ' was applied before');
             CONTINUE;
+        END IF;
+        IF newest_time IS NULL OR ((x.e).exec_time, (x.e).seq) >= (newest_time, newest_seq) THEN
+            newest_time := (x.e).exec_time;
+            newest_seq := (x.e).seq;
         END IF;
         pos := pm.with_state(pos, new_state);
         group_idxs := group_idxs || x.i;
