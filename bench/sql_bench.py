@@ -92,10 +92,14 @@ def one_position_executions(n: int, start: datetime, asset: str, seed: int, same
     return out
 
 
+MIN_CPU_TICKS = 20   # a CPU time of fewer clock ticks is not reported (resolution 1 tick: 5% or better)
+
+
 def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) -> tuple[float, float | None]:
     """(executions per second, CPU microseconds of the database backend per execution). The CPU time
     is measured on the server's process (/proc; None when the server is not local): unlike the rate,
-    it hardly moves when other work shares the machine."""
+    it hardly moves when other work shares the machine. /proc counts CPU time in clock ticks (10 ms):
+    a run that used fewer than MIN_CPU_TICKS of them is too short to say, and its CPU time is None."""
     backend = conn.info.backend_pid
     cpu0 = common.cpu_seconds(backend)
     t0 = time.perf_counter()
@@ -114,7 +118,9 @@ def apply_rate(conn: psycopg.Connection, events: list[str], k: int, how: str) ->
             conn.commit()
     rate = len(events) / (time.perf_counter() - t0)
     cpu1 = common.cpu_seconds(backend)
-    return rate, (None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) * 1e6 / len(events))
+    if cpu0 is None or cpu1 is None or cpu1 - cpu0 < MIN_CPU_TICKS / common.CLK_TCK:
+        return rate, None
+    return rate, (cpu1 - cpu0) * 1e6 / len(events)
 
 
 def pgbench_tps(settings, seconds: int) -> float | None:
