@@ -3,7 +3,8 @@
 
 A fresh database with N open positions (default 500, loaded through pm.apply_order_event and
 priced through pm.set_prices), bin/serve with auth and the shared rate limit ON (a limit out of
-reach, so every request takes a token of the bucket in PostgreSQL), and for each endpoint
+reach, as a service's key has: every request is admitted by the bucket in PostgreSQL, its tokens
+leased a few at a time per process, docs/security.md), and for each endpoint
 requests/s and p50/p99 latency at 1 and 8 persistent connections, beside GET /bench/select1: the
 reference, one `SELECT 1` through the same middleware and pool (key check, no rate limit: the least
 a request can cost), enabled by POSITION_MANAGER_BENCH_REFERENCE=1. So an endpoint's share of the
