@@ -122,6 +122,10 @@ SELECT pm.set_prices(%(prices)s::jsonb, 'exchange', %(trace)s, %(actor)s)
 SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, granted
   FROM pm.api_admit(%(key_hash)s, %(scope)s, %(limit)s, %(default_limit)s, %(needed)s, %(tokens)s)
 
+-- name: api_rate_return
+-- Tokens of a lease this process took but never spent, back to the key's bucket (before its next take).
+SELECT pm.rate_limit_return(%(key_hash)s, %(limit)s, %(tokens)s)
+
 -- name: api_get_position
 -- One Position (pm.get_position, the one reader) as JSON text plus its version (ETag); no row when
 -- absent. asset is a symbol or a position id (pm.position_key; P0002 for an unknown id).

@@ -31,6 +31,7 @@ import hmac
 import re
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import falcon
@@ -55,7 +56,7 @@ TOKEN_MAX_LENGTH = 4096
 _SUBJECT = re.compile(r"^[\x21-\x7e]{1,128}$")   # printable ASCII, no spaces or control characters
 
 LEASE_MIN_LIMIT = 6000   # requests per minute: keys limited below this take one token per request
-LEASE_SECONDS = 0.1      # a leased token not spent within this after its take is dropped
+LEASE_SECONDS = 0.1      # a leased token not spent within this after its take lapses (and goes back to the bucket)
 LEASE_SHARE = 8          # a take asks for at most 1/8 of the tokens its key's bucket held after the last one
 LEASE_KEYS = 4096        # keys remembered per process before expired leases are forgotten
 
@@ -79,54 +80,108 @@ class Caller:
         return "api:" + self.key_hash[:12]
 
 
+class _Lease:
+    """What a process holds of one key: leased tokens in batches [count, spend-by], the key's limit
+    and what its bucket held after the last take, and the requests of the key it admitted since
+    `since` (its own rate of them)."""
+    __slots__ = ("batches", "limit", "remaining", "since", "admitted", "taking_until", "lapsed")
+
+    def __init__(self, now: float) -> None:
+        self.batches: deque[list] = deque()
+        self.limit = self.remaining = self.admitted = self.lapsed = 0
+        self.since = now
+        self.taking_until = 0.0   # a lease is being taken (by another thread) until then
+
+    def held(self) -> int:
+        return sum(count for count, _ in self.batches)
+
+
 class TokenLeases:
     """The tokens this process took ahead from the buckets of fast keys, to spend on its next
-    requests of each key. A take asks for one token, or for a lease of up to `most` when the key's
-    limit is at least LEASE_MIN_LIMIT and its bucket held at least LEASE_SHARE times that many after
-    the last take (so near the bucket's end every request takes its own token again, and the tokens
-    held by all processes together stay a small share of the bucket). The database grants what the
-    bucket holds (pm.rate_limit_lease): never more than the limit is taken. A leased token is spent
-    within LEASE_SECONDS of its take or dropped. Shared by the threads of a worker."""
+    requests of each key. A take asks for one token, or for a lease of several when the key's limit
+    is at least LEASE_MIN_LIMIT: as many as this process admits of the key in half of LEASE_SECONDS
+    at the rate it admitted them since its last lease (so that a lease is spent before it lapses), at most
+    `most` and at most 1/LEASE_SHARE of what the bucket held after the last take (so near the
+    bucket's end every request takes its own token again, and what all processes hold stays a small
+    share of it). One lease at a time per key and process: while one is being taken, the other
+    threads' requests take single tokens. The database grants what the bucket holds
+    (pm.rate_limit_lease): never more than the limit is taken. Each lease is spent within
+    LEASE_SECONDS of its take or lapses; what a lapsed lease left is given back to the bucket
+    before this process's next take of the key (pm.rate_limit_return). Shared by the threads of a
+    worker."""
 
     def __init__(self, most: int):
         self.most = most
         self.lock = threading.Lock()
-        # key hash -> [tokens held, spend-by (monotonic), the key's limit, tokens left in its bucket]
-        self.held: dict[str, list] = {}
+        self.keys: dict[str, _Lease] = {}
 
     def spend(self, key_hash: str) -> tuple[int, int] | None:
         """(limit, remaining) when a token held for the key was spent on this request, else None."""
         with self.lock:
-            lease = self.held.get(key_hash)
-            if lease is None or lease[0] <= 0 or lease[1] < time.monotonic():
+            lease = self.keys.get(key_hash)
+            if lease is None:
                 return None
-            lease[0] -= 1
-            return lease[2], lease[3] + lease[0]
+            now = time.monotonic()
+            batches = lease.batches
+            while batches and (batches[0][0] <= 0 or batches[0][1] < now):
+                lease.lapsed += batches.popleft()[0]   # spent, or lapsed: its tokens go back later
+            if not batches:
+                return None
+            batches[0][0] -= 1
+            lease.admitted += 1
+            return lease.limit, lease.remaining + lease.held()
 
     def refund(self, key_hash: str) -> None:
         """A spent token back (its request was refused for its scope)."""
         with self.lock:
-            lease = self.held.get(key_hash)
-            if lease is not None:
-                lease[0] += 1
+            lease = self.keys.get(key_hash)
+            if lease is not None and lease.batches:
+                lease.batches[0][0] += 1
+                lease.admitted -= 1
+
+    def lapsed(self, key_hash: str) -> tuple[int, int]:
+        """(tokens, limit) that lapsed leases of the key left, now claimed to be given back."""
+        with self.lock:
+            lease = self.keys.get(key_hash)
+            if lease is None or not lease.lapsed:
+                return 0, 0
+            tokens, lease.lapsed = lease.lapsed, 0
+            return tokens, lease.limit
 
     def want(self, key_hash: str) -> int:
-        """How many tokens this request's take asks for."""
-        lease = self.held.get(key_hash)
-        if self.most <= 1 or lease is None or lease[2] < LEASE_MIN_LIMIT:
-            return 1
-        return max(1, min(self.most, lease[3] // LEASE_SHARE))
-
-    def keep(self, key_hash: str, granted: int, limit: int, remaining: int) -> int:
-        """After a take: the request spends one granted token, the others are held. Returns the
-        tokens left to the key (its bucket's and those held here)."""
-        held = max(granted - 1, 0)
+        """How many tokens this request's take asks for (more than one: it takes the lease)."""
         with self.lock:
-            if len(self.held) >= LEASE_KEYS and key_hash not in self.held:
-                now = time.monotonic()
-                self.held = {k: v for k, v in self.held.items() if v[1] >= now}
-            self.held[key_hash] = [held, time.monotonic() + LEASE_SECONDS, limit, remaining]
-        return remaining + held
+            lease = self.keys.get(key_hash)
+            if self.most <= 1 or lease is None or lease.limit < LEASE_MIN_LIMIT:
+                return 1
+            now = time.monotonic()
+            if lease.taking_until > now:
+                return 1
+            rate = lease.admitted / max(now - lease.since, 0.001)
+            tokens = min(self.most, lease.remaining // LEASE_SHARE, int(rate * LEASE_SECONDS / 2))
+            if tokens <= 1:
+                return 1
+            lease.taking_until = now + 1.0   # (cleared by keep; a take that failed lets the next try after 1 s)
+            lease.admitted, lease.since = 0, now
+            return tokens
+
+    def keep(self, key_hash: str, asked: int, granted: int, limit: int, remaining: int) -> int:
+        """After a take that asked for `asked` tokens: the request spends one granted token, the
+        others are held. Returns the tokens left to the key (its bucket's and those held here)."""
+        now = time.monotonic()
+        with self.lock:
+            lease = self.keys.get(key_hash)
+            if lease is None:
+                if len(self.keys) >= LEASE_KEYS:
+                    self.keys = {k: v for k, v in self.keys.items() if any(b[1] >= now for b in v.batches)}
+                lease = self.keys[key_hash] = _Lease(now)
+            if granted > 1:
+                lease.batches.append([granted - 1, now + LEASE_SECONDS])
+            if asked > 1:
+                lease.taking_until = 0.0
+            lease.limit, lease.remaining = limit, remaining
+            lease.admitted += granted > 0
+            return remaining + lease.held()
 
 
 class Admission:
@@ -142,8 +197,14 @@ class Admission:
         self.done = False
 
     def args(self) -> dict:
-        """The admission arguments of pm.api_admit / pm.api_read_position."""
+        """The admission arguments of pm.api_admit / pm.api_read_position. Before a take, the tokens
+        a lapsed lease of the key left go back to its bucket (a statement of its own, only then)."""
         self.done = True
+        if self.tokens and self.leases is not None:
+            lapsed, limit = self.leases.lapsed(self.caller.key_hash)
+            if lapsed:
+                raw_connection(self.req).execute(q("api_rate_return"), {
+                    "key_hash": self.caller.key_hash, "limit": limit, "tokens": lapsed})
         return {"key_hash": self.caller.key_hash, "scope": self.caller.scope, "limit": self.caller.limit,
                 "default_limit": self.default_limit, "needed": self.needed, "tokens": self.tokens}
 
@@ -165,7 +226,7 @@ class Admission:
             _forbidden(self.req, self.caller, self.needed)
         if remaining is not None:
             if self.leases is not None:
-                remaining = self.leases.keep(self.caller.key_hash, granted, rate_limit, remaining)
+                remaining = self.leases.keep(self.caller.key_hash, self.tokens, granted, rate_limit, remaining)
             _limit_headers(self.resp, rate_limit, remaining)
         if outcome == "rate_limited":
             RATE_LIMITED.inc()

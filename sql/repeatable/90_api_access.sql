@@ -72,6 +72,28 @@ $$;
 COMMENT ON FUNCTION pm.rate_limit_lease(text, integer, integer, double precision) IS
     'pm.rate_limit_lease(key_hash, limit per minute > 0, tokens > 0 default 1, at epoch seconds default the clock) -> (granted: tokens taken, min(tokens, tokens in the bucket), 0 when it is empty; remaining tokens after them; retry_after seconds until the next token (0 when granted); reset_after seconds until the bucket is full): token bucket / GCRA with a capacity of limit and one token every 60/limit s, in PostgreSQL (exact across workers and hosts). Over any span of w seconds at most limit + w*limit/60 tokens are taken; a refused take takes nothing and writes nothing. Locks the key''s row to the caller''s commit. Errors: 22023 naming key_hash, limit or tokens. Not idempotent.';
 
+-- pm.rate_limit_return(key_hash, limit, tokens)
+-- Gives tokens that were taken but never spent (a lease that lapsed) back to a key's bucket.
+CREATE OR REPLACE FUNCTION pm.rate_limit_return(p_key_hash text, p_limit integer, p_tokens integer) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    l_now double precision := extract(epoch FROM clock_timestamp());
+BEGIN
+    IF p_limit IS NULL OR p_limit <= 0 THEN
+        PERFORM pm.bad_input('limit', format('must be > 0, got %s', coalesce(p_limit::text, 'nothing')));
+    END IF;
+    IF p_tokens IS NULL OR p_tokens < 0 THEN
+        PERFORM pm.bad_input('tokens', format('must be >= 0, got %s', coalesce(p_tokens::text, 'nothing')));
+    END IF;
+    -- tat moves back by their intervals, never before now (a bucket holds at most `limit`); a full
+    -- bucket is not written
+    UPDATE pm.api_rate_state s SET tat = greatest(s.tat - p_tokens * 60.0 / p_limit, l_now)
+     WHERE s.key_hash = p_key_hash AND s.tat > l_now AND p_tokens > 0;
+END
+$$;
+COMMENT ON FUNCTION pm.rate_limit_return(text, integer, integer) IS
+    'pm.rate_limit_return(key_hash, limit per minute > 0, tokens >= 0): gives back tokens of pm.rate_limit_lease that were never spent (an API process''s lease that lapsed), as if they had not been taken; the bucket never holds more than limit. Writes nothing when the bucket is full or the key has none. Locks the key''s row to the caller''s commit. Errors: 22023 naming limit or tokens.';
+
 -- pm.rate_limit_take(key_hash, limit, at) -> (allowed, remaining, retry_after, reset_after)
 -- One token of a key's bucket (pm.rate_limit_lease of one token), as a yes or no.
 CREATE OR REPLACE FUNCTION pm.rate_limit_take(p_key_hash text, p_limit integer, p_at double precision DEFAULT NULL,

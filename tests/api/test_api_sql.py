@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -112,6 +113,19 @@ def test_no_span_takes_more_tokens_than_the_bucket_and_its_refill(connect, takes
     for i, start in enumerate(granted):
         for j in range(i, len(granted)):
             assert j - i + 1 <= limit + (granted[j] - start) * limit / 60 + 1e-6
+
+
+def test_tokens_given_back_can_be_taken_again_and_never_overfill_the_bucket(db):
+    now = time.time()
+    assert lease(db, now, 100, key="r", limit=60)[:2] == (60, 0)
+    db.execute("SELECT pm.rate_limit_return('r', 60, 5)")
+    assert lease(db, now, 100, key="r", limit=60)[:2] == (5, 0)
+    db.execute("SELECT pm.rate_limit_return('r', 60, 500)")      # more than it holds: a full bucket
+    assert lease(db, time.time(), 100, key="r", limit=60)[0] == 60
+    db.execute("SELECT pm.rate_limit_return('nobody', 60, 5)")   # an unknown key: nothing to do
+    assert db.execute("SELECT count(*) FROM pm.api_rate_state WHERE key_hash = 'nobody'").fetchone() == (0,)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        db.execute("SELECT pm.rate_limit_return('r', 60, -1)")
 
 
 def test_the_previous_signature_takes_from_the_bucket(db):

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from app.api import access
 from tests.api.conftest import API_KEY, ROOT, server_environ
 from tests.sql.calls import fill, set_prices
 
@@ -63,6 +64,28 @@ def test_rate_limit_is_exact_across_four_workers(start_server, settings, stored_
     assert 7 <= [r.status_code for r in b].count(200) <= 7 + refilled(7, elapsed)
     # /health is never limited
     assert all(requests.get(server.url + "/health", timeout=10).status_code == 200 for _ in range(5))
+
+
+def test_leased_tokens_of_a_fast_key_hold_its_limit_across_four_workers(start_server, settings):
+    """A key limited to LEASE_MIN_LIMIT per minute: each worker takes its tokens several at a time
+    (app/api/access.py), yet a burst over four workers gets no more through than the one bucket
+    holds plus its refill over the burst and one lease's lifetime, and no fewer than the bucket less
+    what the other three workers may hold unspent when it runs out (lapsed leases go back)."""
+    limit = access.LEASE_MIN_LIMIT
+    server = start_server(server_environ(settings, POSITION_MANAGER_API_WORKERS="4", POSITION_MANAGER_API_THREADS="4",
+                                         POSITION_MANAGER_RATE_LIMIT_DEFAULT=str(limit)))
+    deadline = time.monotonic() + 30
+    while server.log().count("Booting worker") < 4:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    started = time.monotonic()
+    responses = burst(server.url + "/api/v1/portfolio", API_KEY, limit + limit // 3)
+    elapsed = time.monotonic() - started
+    statuses = [r.status_code for r in responses]
+    admitted = statuses.count(200)
+    assert admitted + statuses.count(429) == len(responses) and statuses.count(429) > 0, elapsed
+    assert limit - 3 * 32 <= admitted <= limit + refilled(limit, elapsed + access.LEASE_SECONDS), (admitted, elapsed)
+    assert all(r.headers["Retry-After"] == "1" for r in responses if r.status_code == 429)
 
 
 def curl(*args: str) -> tuple[int, str, dict]:

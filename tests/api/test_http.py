@@ -243,20 +243,28 @@ def test_leases_can_be_turned_off_and_slow_keys_never_lease(make_client, api_set
     assert _taken(db, slow) == 1
 
 
-def test_a_leased_token_is_dropped_when_not_spent_in_time():
+def test_a_process_leases_at_its_own_rate_and_gives_back_what_lapsed():
+    fast = access.LEASE_MIN_LIMIT
     leases = access.TokenLeases(most=32)
     assert leases.want("k") == 1                       # nothing known of the key: one token
-    assert leases.keep("k", 1, access.LEASE_MIN_LIMIT, 5000) == 5000
-    assert leases.want("k") == 32                      # a fast key far from its end: a lease
-    assert leases.keep("k", 3, access.LEASE_MIN_LIMIT, 4990) == 4992
-    assert leases.spend("k") == (access.LEASE_MIN_LIMIT, 4991)
+    for _ in range(100):                               # 100 requests admitted one token each, at once
+        leases.keep("k", 1, 1, fast, 5000)
+    asked = leases.want("k")
+    assert asked == 32                                 # at that rate a lease, at most `most`
+    assert leases.want("k") == 1                       # one lease at a time: meanwhile single tokens
+    assert leases.keep("k", asked, 3, fast, 4990) == 4992   # this request spends one, two are held
+    assert leases.spend("k") == (fast, 4991)
     time.sleep(access.LEASE_SECONDS * 1.5)
-    assert leases.spend("k") is None                   # the other one was not spent in time
-    leases.keep("k", 1, access.LEASE_MIN_LIMIT, 40)
-    assert leases.want("k") == 5                       # at most 1/8 of what the bucket holds
-    leases.keep("k", 1, access.LEASE_MIN_LIMIT, 10)
+    assert leases.spend("k") is None                   # the other one lapsed ...
+    assert leases.lapsed("k") == (1, fast)             # ... and is given back, once
+    assert leases.lapsed("k") == (0, 0)
+    for _ in range(100):
+        leases.keep("k", 1, 1, fast, 40)
+    assert leases.want("k") == 40 // access.LEASE_SHARE    # at most a share of what the bucket holds
+    leases.keep("k", 5, 1, fast, 10)
     assert leases.want("k") == 1                       # near its end: one token per request
-    leases.keep("s", 1, access.LEASE_MIN_LIMIT - 1, 5000)
+    for _ in range(100):
+        leases.keep("s", 1, 1, fast - 1, 5000)
     assert leases.want("s") == 1                       # a slower key: never a lease
 
 
