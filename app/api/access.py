@@ -57,6 +57,7 @@ _SUBJECT = re.compile(r"^[\x21-\x7e]{1,128}$")   # printable ASCII, no spaces or
 
 LEASE_MIN_LIMIT = 6000   # requests per minute: keys limited below this take one token per request
 LEASE_SECONDS = 0.1      # a leased token not spent within this after its take lapses (and goes back to the bucket)
+LEASE_WAIT_SECONDS = 0.005   # a request waits at most this for the lease another thread is taking
 LEASE_SHARE = 8          # a take asks for at most 1/8 of the tokens its key's bucket held after the last one
 LEASE_KEYS = 4096        # keys remembered per process before expired leases are forgotten
 
@@ -103,8 +104,8 @@ class TokenLeases:
     at the rate it admitted them since its last lease (so that a lease is spent before it lapses), at most
     `most` and at most 1/LEASE_SHARE of what the bucket held after the last take (so near the
     bucket's end every request takes its own token again, and what all processes hold stays a small
-    share of it). One lease at a time per key and process: while one is being taken, the other
-    threads' requests take single tokens. The database grants what the bucket holds
+    share of it). One lease at a time per key and process: a request that finds one being taken
+    waits for it (at most LEASE_WAIT_SECONDS, then takes a single token). The database grants what the bucket holds
     (pm.rate_limit_lease): never more than the limit is taken. Each lease is spent within
     LEASE_SECONDS of its take or lapses; what a lapsed lease left is given back to the bucket
     before this process's next take of the key (pm.rate_limit_return). Shared by the threads of a
@@ -113,23 +114,33 @@ class TokenLeases:
     def __init__(self, most: int):
         self.most = most
         self.lock = threading.Lock()
+        self.taken = threading.Condition(self.lock)   # notified when a lease arrives
         self.keys: dict[str, _Lease] = {}
 
     def spend(self, key_hash: str) -> tuple[int, int] | None:
-        """(limit, remaining) when a token held for the key was spent on this request, else None."""
+        """(limit, remaining) when a token held for the key was spent on this request, else None.
+        While another thread takes the key's lease, waits for it (LEASE_WAIT_SECONDS at most)."""
         with self.lock:
             lease = self.keys.get(key_hash)
             if lease is None:
                 return None
-            now = time.monotonic()
-            batches = lease.batches
-            while batches and (batches[0][0] <= 0 or batches[0][1] < now):
-                lease.lapsed += batches.popleft()[0]   # spent, or lapsed: its tokens go back later
-            if not batches:
-                return None
-            batches[0][0] -= 1
-            lease.admitted += 1
-            return lease.limit, lease.remaining + lease.held()
+            spent = self._spend(lease)
+            if spent is None and lease.taking_until > time.monotonic():
+                self.taken.wait(LEASE_WAIT_SECONDS)
+                spent = self._spend(lease)
+            return spent
+
+    @staticmethod
+    def _spend(lease: _Lease) -> tuple[int, int] | None:
+        now = time.monotonic()
+        batches = lease.batches
+        while batches and (batches[0][0] <= 0 or batches[0][1] < now):
+            lease.lapsed += batches.popleft()[0]   # spent, or lapsed: its tokens go back later
+        if not batches:
+            return None
+        batches[0][0] -= 1
+        lease.admitted += 1
+        return lease.limit, lease.remaining + lease.held()
 
     def refund(self, key_hash: str) -> None:
         """A spent token back (its request was refused for its scope)."""
@@ -179,6 +190,7 @@ class TokenLeases:
                 lease.batches.append([granted - 1, now + LEASE_SECONDS])
             if asked > 1:
                 lease.taking_until = 0.0
+                self.taken.notify_all()
             lease.limit, lease.remaining = limit, remaining
             lease.admitted += granted > 0
             return remaining + lease.held()
