@@ -61,16 +61,20 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return False
 
 
-def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: dict):
+def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: dict, admitted_query: str | None = None):
     """(version, body) of a read that folds admission into its statement and renders only what
     this process does not hold: the statement gets the cached version as `known`, answers
-    (admission..., version, body) with body NULL when the known version is current."""
+    (admission..., version, body) with body NULL when the known version is current. When nothing is
+    left to admit in the database, `admitted_query` (if given) reads (version, body) alone."""
     known, known_body = cache.known(key)
     admission = access.pending(req)
-    row = raw_connection(req).execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
-    if admission is not None:
-        admission.apply(*row[:7])
-    version, body = row[7], row[8]
+    if admission is None and admitted_query is not None:
+        version, body = raw_connection(req).execute(q(admitted_query), {**args, "known": known}).fetchone() or (None, None)
+    else:
+        row = raw_connection(req).execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
+        if admission is not None:
+            admission.apply(*row[:7])
+        version, body = row[7], row[8]
     if body is not None:
         return version, cache.store(key, version, body)
     return version, (known_body if version is not None else None)
@@ -117,7 +121,9 @@ class PositionResource:
 
     The API's most frequent read: admission (stored key, scope, rate-limit token) and the read are
     one statement, one round trip (pm.api_read_position; app/api/access.py), which renders the
-    Position only when this process does not hold its current version already (ReadCache)."""
+    Position only when this process does not hold its current version already (ReadCache). When
+    nothing is left to admit in the database (a key checked here whose token this process held),
+    the statement is the read alone (api_read_position_admitted)."""
 
     ADMITS_IN_QUERY = ("GET",)
 
@@ -133,7 +139,8 @@ class PositionResource:
                 raise not_found(f"no position {key['asset']} ({key['mode']})")
             body, version = row
         else:
-            version, body = _cached_read(req, self.cache, (key["asset"], key["mode"]), "api_read_position", key)
+            version, body = _cached_read(req, self.cache, (key["asset"], key["mode"]), "api_read_position", key,
+                                         "api_read_position_admitted")
             if version is None:
                 raise not_found(f"no position {key['asset']} ({key['mode']})")
         # Weak: time_held_minutes and the staleness flag move with the clock at the same version.

@@ -84,6 +84,24 @@ def test_etag_from_version_and_if_none_match(client, db, book):
     assert changed.headers["etag"] != etag
 
 
+def test_a_read_with_nothing_left_to_admit_is_the_same_and_as_fresh(make_client, api_settings, db, book):
+    """With nothing to ask the database about the caller (here: no rate limit) the read is a statement
+    of its own (api_read_position_admitted): the same Position as the read with admission, a change
+    committed elsewhere seen at once, 404 for no position, the hedge row by its mode."""
+    alone = make_client(api_settings.with_overrides(rate_limit_enabled=False))
+    admitted = make_client(api_settings.with_overrides(rate_limit_default=100))   # one token per request
+    first, reference = alone.simulate_get("/api/v1/positions/BTCUSDT"), admitted.simulate_get("/api/v1/positions/BTCUSDT")
+    assert first.status_code == reference.status_code == 200
+    assert {k: v for k, v in first.json.items() if k != "time_held_minutes"} == \
+           {k: v for k, v in reference.json.items() if k != "time_held_minutes"}
+    assert alone.simulate_get("/api/v1/positions/BTCUSDT").json["version"] == first.json["version"]   # (cached)
+    fill(db, "BTCUSDT", "Buy", "0.5", "50200")
+    changed = alone.simulate_get("/api/v1/positions/BTCUSDT")
+    assert changed.json["version"] > first.json["version"] and Decimal(changed.json["size"]) == Decimal("2")
+    assert alone.simulate_get("/api/v1/positions/NOPEUSDT").status_code == 404
+    assert alone.simulate_get("/api/v1/positions/XRPUSDT", params={"mode": "hedge"}).json["mode"] == "hedge"
+
+
 def test_list_all_with_count_and_total(client, book):
     body = client.simulate_get("/api/v1/positions").json
     assert assets(body) == [("BTCUSDT", "one-way"), ("ETHUSDT", "one-way"), ("SOLUSDT", "one-way"),
