@@ -61,17 +61,19 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return False
 
 
-def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: dict, admitted_query: str | None = None):
+def _cached_read(req: falcon.Request, cache: ReadCache, key, query: str, args: dict,
+                 admitted_query: str | None = None):
     """(version, body) of a read that folds admission into its statement and renders only what
     this process does not hold: the statement gets the cached version as `known`, answers
     (admission..., version, body) with body NULL when the known version is current. When nothing is
     left to admit in the database, `admitted_query` (if given) reads (version, body) alone."""
     known, known_body = cache.known(key)
     admission = access.pending(req)
+    conn = raw_connection(req)
     if admission is None and admitted_query is not None:
-        version, body = raw_connection(req).execute(q(admitted_query), {**args, "known": known}).fetchone() or (None, None)
+        version, body = conn.execute(q(admitted_query), {**args, "known": known}).fetchone() or (None, None)
     else:
-        row = raw_connection(req).execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
+        row = conn.execute(q(query), {**access.read_args(req, admission), **args, "known": known}).fetchone()
         if admission is not None:
             admission.apply(*row[:7])
         version, body = row[7], row[8]

@@ -90,7 +90,8 @@ def test_a_read_with_nothing_left_to_admit_is_the_same_and_as_fresh(make_client,
     committed elsewhere seen at once, 404 for no position, the hedge row by its mode."""
     alone = make_client(api_settings.with_overrides(rate_limit_enabled=False))
     admitted = make_client(api_settings.with_overrides(rate_limit_default=100))   # one token per request
-    first, reference = alone.simulate_get("/api/v1/positions/BTCUSDT"), admitted.simulate_get("/api/v1/positions/BTCUSDT")
+    first = alone.simulate_get("/api/v1/positions/BTCUSDT")
+    reference = admitted.simulate_get("/api/v1/positions/BTCUSDT")
     assert first.status_code == reference.status_code == 200
     assert {k: v for k, v in first.json.items() if k != "time_held_minutes"} == \
            {k: v for k, v in reference.json.items() if k != "time_held_minutes"}
