@@ -142,11 +142,9 @@ SELECT outcome, key_name, scope, rate_limit, remaining, retry_after, granted, ve
 
 -- name: api_read_position_admitted
 -- GET /api/v1/positions/{asset} when nothing is left to ask the database about the caller (a key the
--- API checked itself, with a token its process holds, or no rate limit): the version, and the
--- Position only when it is not the known version (one snapshot: the body is of that version).
-SELECT p.version, CASE WHEN p.version IS DISTINCT FROM %(known)s THEN pm.get_position(p.asset, p.mode)::text END
-  FROM public.positions p
- WHERE p.asset = upper(%(asset)s) AND p.mode = %(mode)s
+-- API checked itself, with a token its process holds, or no rate limit): the read of
+-- pm.api_read_position alone; no row when there is no such position.
+SELECT version, body FROM pm.position_if_changed(%(asset)s, %(mode)s, %(known)s)
 
 -- name: api_live_key_digests
 -- bin/serve at start: the digests of the live stored keys (overrides that match none are warned about).

@@ -101,20 +101,20 @@ class TokenLeases:
     """The tokens this process took ahead from the buckets of fast keys, to spend on its next
     requests of each key. A take asks for one token, or for a lease of several when the key's limit
     is at least LEASE_MIN_LIMIT: as many as this process admits of the key in half of LEASE_SECONDS
-    at the rate it admitted them since its last lease (so that a lease is spent before it lapses), at most
-    `most` and at most 1/LEASE_SHARE of what the bucket held after the last take (so near the
-    bucket's end every request takes its own token again, and what all processes hold stays a small
-    share of it). One lease at a time per key and process: a request that finds one being taken
-    waits for it (at most LEASE_WAIT_SECONDS, then takes a single token). The database grants what the bucket holds
-    (pm.rate_limit_lease): never more than the limit is taken. Each lease is spent within
-    LEASE_SECONDS of its take or lapses; what a lapsed lease left is given back to the bucket
-    before this process's next take of the key (pm.rate_limit_return). Shared by the threads of a
-    worker."""
+    at the rate it admitted them since its last lease (so that a lease is spent before it lapses),
+    at most `most` and at most 1/LEASE_SHARE of what the bucket held after the last take (so near
+    the bucket's end every request takes its own token again, and what all processes hold stays a
+    small share of it). One lease at a time per key and process: a request that finds one being
+    taken waits for it (at most LEASE_WAIT_SECONDS, then takes a single token). The database grants
+    what the bucket holds (pm.rate_limit_lease): never more than the limit is taken. Each lease is
+    spent within LEASE_SECONDS of its take or lapses; what a lapsed lease left is given back to the
+    bucket before this process's next take of the key (pm.rate_limit_return). Shared by the threads
+    of a worker."""
 
     def __init__(self, most: int):
         self.most = most
         self.lock = threading.Lock()
-        self.taken = threading.Condition(self.lock)   # notified when a lease arrives
+        self.lease_arrived = threading.Condition(self.lock)
         self.keys: dict[str, _Lease] = {}
 
     def spend(self, key_hash: str) -> tuple[int, int] | None:
@@ -126,7 +126,7 @@ class TokenLeases:
                 return None
             spent = self._spend(lease)
             if spent is None and lease.taking_until > time.monotonic():
-                self.taken.wait(LEASE_WAIT_SECONDS)
+                self.lease_arrived.wait(LEASE_WAIT_SECONDS)
                 spent = self._spend(lease)
             return spent
 
@@ -190,7 +190,7 @@ class TokenLeases:
                 lease.batches.append([granted - 1, now + LEASE_SECONDS])
             if asked > 1:
                 lease.taking_until = 0.0
-                self.taken.notify_all()
+                self.lease_arrived.notify_all()
             lease.limit, lease.remaining = limit, remaining
             lease.admitted += granted > 0
             return remaining + lease.held()

@@ -14,6 +14,20 @@ $$;
 COMMENT ON FUNCTION pm.get_position(text, text) IS
     'pm.get_position(asset any case, mode) -> the Position jsonb (pm.position_json, operator metadata included), or NULL when there is no such position. The API''s GET /api/v1/positions/{asset} and the manual writers'' results. Read only.';
 
+-- pm.position_if_changed(asset, mode, known version) -> (version, body)
+-- One position's version, and its Position JSON text only when that is not the version the caller holds.
+CREATE OR REPLACE FUNCTION pm.position_if_changed(p_asset text, p_mode text, p_known_version integer)
+RETURNS TABLE (version integer, body text)
+LANGUAGE sql STABLE AS $$
+    -- one statement, one snapshot: the body is of that version (pm.get_position, STABLE, reads with
+    -- the caller's snapshot); inlined into its callers' statements
+    SELECT p.version, CASE WHEN p.version IS DISTINCT FROM p_known_version THEN pm.get_position(p.asset, p.mode)::text END
+      FROM public.positions p
+     WHERE p.asset = upper(p_asset) AND p.mode = p_mode
+$$;
+COMMENT ON FUNCTION pm.position_if_changed(text, text, integer) IS
+    'pm.position_if_changed(asset any case, mode, known version or NULL) -> no row when there is no such position, else one row (version, body): body = the Position JSON text (pm.get_position) of that version, NULL when it is the known version (the caller holds it already). The read of GET /api/v1/positions/{asset} (pm.api_read_position, and the API''s statement without admission). Read only.';
+
 -- pm.position_matches(row of pm.v_positions, asset, mode, size_min, size_max, status) -> boolean
 -- Whether a position passes the list's filters (each NULL filter matches everything).
 CREATE OR REPLACE FUNCTION pm.position_matches(v pm.v_positions, p_asset text, p_mode text, p_size_min numeric,

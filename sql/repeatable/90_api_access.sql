@@ -9,6 +9,14 @@
 -- probe. Scopes are ordered: read < write < admin. Errors: 22023 bad input naming the field, 23505 a
 -- live key of that name exists (-> 409), P0002 no live key of that name.
 
+-- pm.bucket_tokens(tat, at, interval) -> integer
+-- The tokens a GCRA bucket holds at time `at`: floor((60 - max(tat - at, 0)) / interval).
+CREATE OR REPLACE FUNCTION pm.bucket_tokens(p_tat double precision, p_at double precision, p_interval double precision)
+RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$ SELECT floor((60.0 - greatest(p_tat - p_at, 0)) / p_interval + 1e-9)::integer $$;
+COMMENT ON FUNCTION pm.bucket_tokens(double precision, double precision, double precision) IS
+    'pm.bucket_tokens(tat, at, interval: 60/limit seconds) -> the tokens a GCRA bucket of one minute holds at time at (epoch seconds; 1e-9 absorbs the rounding of the intervals). Pure (inlined).';
+
 -- pm.rate_limit_lease(key_hash, limit, tokens, at) -> (granted, remaining, retry_after, reset_after)
 -- Takes up to `tokens` tokens of a key's bucket (GCRA) at once: as many as it holds, none when empty.
 CREATE OR REPLACE FUNCTION pm.rate_limit_lease(p_key_hash text, p_limit integer, p_tokens integer DEFAULT 1,
@@ -21,7 +29,7 @@ DECLARE
     -- next one may run at most one period (60 s) ahead of now, which is a bucket of `limit` tokens
     -- refilled one every l_interval. So over any span of w seconds at most limit + w / l_interval
     -- tokens are taken, wherever the span falls (no window boundary to burst across). The bucket
-    -- holds floor((60 - (max(tat, now) - now)) / l_interval) tokens; n of them move tat n intervals on.
+    -- holds pm.bucket_tokens of them; n of them move tat n intervals on.
     l_now double precision := coalesce(p_at, extract(epoch FROM clock_timestamp()));
     l_interval double precision;
     l_tat double precision;
@@ -44,9 +52,8 @@ BEGIN
     -- request inserted it meanwhile).
     FOR attempt IN 1 .. 2 LOOP
         UPDATE pm.api_rate_state s
-           SET tat = greatest(s.tat, l_now)
-                     + l_interval * least(p_tokens, floor((60.0 - greatest(s.tat - l_now, 0)) / l_interval + 1e-9)),
-               taken = least(p_tokens, floor((60.0 - greatest(s.tat - l_now, 0)) / l_interval + 1e-9))
+           SET tat = greatest(s.tat, l_now) + l_interval * least(p_tokens, pm.bucket_tokens(s.tat, l_now, l_interval)),
+               taken = least(p_tokens, pm.bucket_tokens(s.tat, l_now, l_interval))
          WHERE s.key_hash = p_key_hash AND greatest(s.tat, l_now) + l_interval - l_now <= 60.0
         RETURNING s.tat, s.taken INTO l_tat, granted;
         EXIT WHEN FOUND;
@@ -59,7 +66,7 @@ BEGIN
         EXIT WHEN FOUND;
     END LOOP;
     IF granted IS NOT NULL THEN
-        remaining := floor((60.0 - (l_tat - l_now)) / l_interval + 1e-9)::integer;
+        remaining := pm.bucket_tokens(l_tat, l_now, l_interval);
         retry_after := 0;
     ELSE
         granted := 0;
@@ -228,15 +235,9 @@ BEGIN
     END IF;
     -- the read before the token, so that the key's bucket row is locked only from the token to the
     -- commit; the Position is rendered only when the caller does not hold this version already
-    SELECT p.version INTO version FROM public.positions p WHERE p.asset = upper(p_asset) AND p.mode = p_mode;
-    IF version IS NOT NULL AND version IS DISTINCT FROM p_known_version THEN
-        body := pm.get_position(p_asset, p_mode)::text;
-        version := (body::jsonb ->> 'version')::integer;   -- the rendered one (a change may have come between)
-    END IF;
-    IF p_tokens > 0 THEN
-        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
-        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
-    END IF;
+    SELECT r.version, r.body INTO version, body FROM pm.position_if_changed(p_asset, p_mode, p_known_version) r;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
     IF outcome = 'rate_limited' THEN
         body := NULL;
         version := NULL;
@@ -271,10 +272,8 @@ BEGIN
     IF fingerprint IS DISTINCT FROM p_known_fingerprint THEN
         body := pm.list_positions_text(p_asset, p_mode, p_size_min, p_size_max, p_status, p_page_limit, p_offset);
     END IF;
-    IF p_tokens > 0 THEN
-        t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
-        outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
-    END IF;
+    t := pm.api_take_token(outcome, p_key_hash, rate_limit, p_tokens);   -- (an assignment: no query)
+    outcome := t.outcome; remaining := t.remaining; retry_after := t.retry_after; granted := t.granted;
     IF outcome = 'rate_limited' THEN
         fingerprint := NULL;
         body := NULL;
