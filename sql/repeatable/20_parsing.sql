@@ -323,12 +323,15 @@ BEGIN
     leg := CASE WHEN v_idx IS NULL OR v_idx = '0' THEN CASE WHEN v_mode IS NULL OR v_mode = 'one-way' THEN 0 END
                 WHEN v_idx IN ('1', '2') THEN CASE WHEN v_mode IS NULL OR v_mode = 'hedge' THEN v_idx::smallint END END;
     IF leg IS NOT NULL
-       AND v_asset ~ '^(?=[A-Za-z0-9]*[A-Za-z])[A-Za-z0-9]{2,20}$'   -- (a letter among them)
+       -- 2 to 20 letters and digits, a letter among them. (PostgreSQL's regex engine pays for the
+       -- length of a pattern at every match, a lookahead and capturing groups most: these patterns
+       -- are written for it, without either.)
+       AND v_asset ~ '^[0-9]*[A-Za-z][A-Za-z0-9]*$' AND length(v_asset) BETWEEN 2 AND 20
        AND v_side IN ('buy', 'sell')
        -- quantity, price and fee in one match (none of them can hold the blank between them)
-       AND (v_qty || ' ' || v_price || ' ' || v_fee) ~ '^[0-9]{1,12}(\.[0-9]*)? [0-9]{1,12}(\.[0-9]*)? -?[0-9]{1,12}(\.[0-9]*)?$'
+       AND (v_qty || ' ' || v_price || ' ' || v_fee) ~ '^[0-9]{1,12}(?:\.[0-9]*)? [0-9]{1,12}(?:\.[0-9]*)? -?[0-9]{1,12}(?:\.[0-9]*)?$'
        -- days 29-31 and leap seconds take the checked parse: this cast cannot fail
-       AND v_time ~ '^[12][0-9]{3}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):?[0-5][0-9])$'
+       AND v_time ~ '^[12][0-9]{3}-(?:0[1-9]|1[0-2])-(?:0[1-9]|1[0-9]|2[0-8])T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.[0-9]{1,9})?(?:Z|[+-](?:0[0-9]|1[0-4]):?[0-5][0-9])$'
        -- ids as they are: not empty, no blank at either end (the checked parse trims blanks), not
        -- starting with { or [ (an object or array, which ->> gives as JSON text); no regex, cheaper
        AND v_id <> '' AND left(v_id, 1) NOT IN (' ', '{', '[') AND right(v_id, 1) <> ' '

@@ -139,6 +139,34 @@ $$;
 COMMENT ON FUNCTION pm.finish_batch_group(public.positions, jsonb, text) IS
     'pm.finish_batch_group(locked row carrying its new state, execution keys, trace) -> {"id", "asset", "mode", "version"} of the position: writes the state once (version + 1) and records one change listing the executions. Used by pm.apply_batch.';
 
+-- pm.ledger_append(rows) -> empty array
+-- Ledger rows that come after the newest of their position, each with its state after, in one insert.
+CREATE OR REPLACE FUNCTION pm.ledger_append(p_rows pm.executions[]) RETURNS pm.executions[]
+LANGUAGE plpgsql AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF cardinality(p_rows) = 0 THEN
+        RETURN p_rows;
+    END IF;
+    INSERT INTO pm.executions (position_id, exec_key, kind, source, leg, side, qty, price, fee, exec_time, seq,
+                               order_id, exec_type, target, state_after, trace_id, event_id)
+    SELECT r.position_id, r.exec_key, r.kind, r.source, r.leg, r.side, r.qty, r.price, r.fee, r.exec_time, r.seq,
+           r.order_id, r.exec_type, r.target, r.state_after, r.trace_id, r.event_id
+      FROM unnest(p_rows) AS r
+    ON CONFLICT (exec_key) DO NOTHING;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n < cardinality(p_rows) THEN
+        -- the caller found none of the keys in the ledger: a concurrent transaction applied one since
+        RAISE EXCEPTION 'an execution of this batch was applied by a concurrent transaction meanwhile'
+            USING ERRCODE = '40001', HINT = 'Apply the batch again: it will be found applied.';
+    END IF;
+    RETURN '{}';
+END
+$$;
+COMMENT ON FUNCTION pm.ledger_append(pm.executions[]) IS
+    'pm.ledger_append(ledger rows, each with position_id and state_after set) -> an empty array (the caller''s queue, emptied). Inserts the rows in one statement, in array order (their arrival order). The caller holds the row lock of their positions, and each row comes after the newest of its position''s ledger with a key that was not in the ledger when it looked: a key that a concurrent transaction applied since raises 40001 (serialization failure; apply the batch again, and it is found applied). Used by pm.apply_batch.';
+
 -- pm.apply_batch(kind, messages) -> jsonb
 -- PUBLIC: many message bodies in one call and one transaction; each position written once per batch.
 CREATE OR REPLACE FUNCTION pm.apply_batch(p_kind text, p_events jsonb)
@@ -162,6 +190,9 @@ DECLARE
     group_trace text;
     newest_time timestamptz;
     newest_seq bigint;
+    label text;
+    queued pm.executions[] := '{}';
+    r pm.executions;
     j jsonb;
 BEGIN
     IF p_kind NOT IN ('order', 'position') THEN
@@ -201,26 +232,47 @@ BEGIN
         END IF;
     END LOOP;
 
-    FOR x IN SELECT u.asset, u.mode, u.e, u.i
+    -- an execution is "suspect" when its key is in the ledger already or comes twice in the batch:
+    -- it takes pm.ledger_insert, which finds it applied before; the others, in order after the
+    -- newest row of their position, are queued and inserted by one statement per position
+    -- (pm.ledger_append) before anything reads the ledger again. (The sort reads the whole result,
+    -- and so the ledger, before the first insert.)
+    FOR x IN SELECT u.asset, u.mode, u.e, u.i,
+                    count(*) OVER (PARTITION BY (u.e).exec_key) > 1
+                    OR EXISTS (SELECT 1 FROM pm.executions l WHERE l.exec_key = (u.e).exec_key) AS suspect
                FROM unnest(reqs, idxs) AS u(asset, mode, status, reason, e, i) ORDER BY 1, 2, 4
     LOOP
         IF pos.id IS NULL OR pos.asset IS DISTINCT FROM x.asset OR pos.mode IS DISTINCT FROM x.mode THEN
+            queued := pm.ledger_append(queued);
             IF cardinality(group_idxs) > 0 THEN
                 j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, to_jsonb(group_keys), group_trace));
                 FOREACH i IN ARRAY group_idxs LOOP results[i] := j; END LOOP;
             END IF;
             pos := pm.lock_position(x.asset, x.mode);
+            label := pos.asset || '/' || pos.mode;
             group_idxs := '{}'; group_keys := '{}';
             -- the newest row of its ledger (none: NULL, and its first execution takes the full path);
-            -- then each execution applied here is the newest unless it was late, so the ones in
-            -- order are inserted without reading the ledger first (pm.ledger_insert)
+            -- then each execution applied here is the newest unless it was late
             SELECT l.exec_time, l.seq INTO newest_time, newest_seq FROM pm.executions l
              WHERE l.position_id = pos.id ORDER BY l.exec_time DESC, l.seq DESC LIMIT 1;
         END IF;
-        new_state := pm.ledger_insert(pos, x.e, newest_time, newest_seq);
-        IF new_state IS NULL THEN
-            results[x.i] := jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || (x.e).exec_key || ' was applied before');
-            CONTINUE;
+        IF NOT x.suspect AND ((x.e).exec_time, (x.e).seq) > (newest_time, newest_seq) THEN
+            -- after the newest row and not applied before: the step from the state in memory, the
+            -- row queued (pm.ledger_insert's in-order case, without a statement of its own)
+            new_state := pm.step(pm.state_of(pos), pos.mode, x.e, label);
+            r := x.e;
+            r.position_id := pos.id;
+            r.state_after := new_state;
+            queued := queued || r;
+        ELSE
+            -- late, tied with the newest, first of its ledger, or suspect: the queue goes in first
+            -- (arrival order), then the row takes the path that reads the ledger
+            queued := pm.ledger_append(queued);
+            new_state := pm.ledger_insert(pos, x.e, newest_time, newest_seq);
+            IF new_state IS NULL THEN
+                results[x.i] := jsonb_build_object('status', 'duplicate', 'reason', 'execution ' || (x.e).exec_key || ' was applied before');
+                CONTINUE;
+            END IF;
         END IF;
         IF newest_time IS NULL OR ((x.e).exec_time, (x.e).seq) >= (newest_time, newest_seq) THEN
             newest_time := (x.e).exec_time;
@@ -231,6 +283,7 @@ BEGIN
         group_keys := group_keys || (x.e).exec_key;
         group_trace := (x.e).trace_id;
     END LOOP;
+    queued := pm.ledger_append(queued);
     IF cardinality(group_idxs) > 0 THEN
         j := jsonb_build_object('status', 'applied', 'position', pm.finish_batch_group(pos, to_jsonb(group_keys), group_trace));
         FOREACH i IN ARRAY group_idxs LOOP results[i] := j; END LOOP;
@@ -245,4 +298,4 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION pm.apply_batch(text, jsonb) IS
-    'pm.apply_batch(kind order|position, JSON array of message bodies) -> JSON array of results, one per body, in order, in the caller''s transaction. The first invalid body raises 22xxx and nothing is written (the consumer then applies the bodies one by one under savepoints). Order bodies are parsed first, then single executions are applied grouped by position in (asset, mode) order, and each position is written ONCE per batch: one version bump and one position_updated event (its detail lists the executions) for all of its executions in the batch; multi-record and cumulative bodies then go through pm.apply_order_event, ordered by the symbol of their first record (stable). Position bodies go through pm.apply_position_event in order. Other errors (deadlock 40P01, connection) abort the call: retry the batch.';
+    'pm.apply_batch(kind order|position, JSON array of message bodies) -> JSON array of results, one per body, in order, in the caller''s transaction. The first invalid body raises 22xxx and nothing is written (the consumer then applies the bodies one by one under savepoints). Order bodies are parsed first, then single executions are applied grouped by position in (asset, mode) order, and each position is written ONCE per batch: one version bump and one position_updated event (its detail lists the executions) for all of its executions in the batch; multi-record and cumulative bodies then go through pm.apply_order_event, ordered by the symbol of their first record (stable). Position bodies go through pm.apply_position_event in order. Executions strictly after the newest row of their position''s ledger, with keys not in the ledger when the batch looked them up and not repeated in it, are inserted per position in one statement (pm.ledger_append). Other errors (deadlock 40P01; serialization failure 40001 when a concurrent transaction applied one of its executions meanwhile; connection) abort the call: retry the batch.';

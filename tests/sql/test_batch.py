@@ -106,3 +106,32 @@ def test_mixed_shapes_in_one_batch(db):
     size, realized = db.execute("SELECT size, realized_pnl FROM positions WHERE asset = 'CCCUSDT'").fetchone()
     assert size == -4
     assert realized == D("-0.01") - D("0.01") - D("0.5")
+
+
+def ledger_keys(db, asset):
+    return [k for (k,) in db.execute(
+        "SELECT l.exec_key FROM pm.executions l JOIN public.positions p ON p.id = l.position_id "
+        "WHERE p.asset = %s ORDER BY l.exec_time, l.seq, l.arrival", (asset,))]
+
+
+def test_a_key_twice_in_a_batch_at_different_times_is_applied_once(db):
+    """The rows of a position that come after its newest are inserted together at the end of the
+    position: a key repeated with another time must not reach that insert twice."""
+    evs = [execution("t0", "DDDUSDT", "Buy", "1", "100", 1), execution("t1", "DDDUSDT", "Buy", "2", "100", 2),
+           execution("t2", "DDDUSDT", "Buy", "3", "100", 3), {**execution("t1", "DDDUSDT", "Buy", "2", "100", 9)}]
+    assert [r["status"] for r in batch(db, evs)] == ["applied", "applied", "applied", "duplicate"]
+    assert ledger_keys(db, "DDDUSDT") == ["t0", "t1", "t2"]
+    size, version = db.execute("SELECT size, version FROM positions WHERE asset = 'DDDUSDT'").fetchone()
+    assert (size, version) == (6, 1)
+
+
+def test_a_key_applied_to_another_position_is_a_duplicate_in_a_later_batch(db):
+    db.execute("SELECT pm.apply_order_event(%s::jsonb)", (json.dumps(execution("shared", "EEEUSDT", "Buy", "1", "100", 1)),))
+    evs = [execution("f0", "FFFUSDT", "Buy", "1", "100", 1), execution("f1", "FFFUSDT", "Buy", "1", "100", 2),
+           execution("shared", "FFFUSDT", "Buy", "5", "100", 3), execution("f2", "FFFUSDT", "Sell", "1", "110", 4)]
+    assert [r["status"] for r in batch(db, evs)] == ["applied", "applied", "duplicate", "applied"]
+    assert ledger_keys(db, "FFFUSDT") == ["f0", "f1", "f2"]
+    assert ledger_keys(db, "EEEUSDT") == ["shared"]
+    mismatches = db.execute("SELECT p.asset FROM public.positions p "
+                            "WHERE pm.state_of(p) IS DISTINCT FROM pm.fold_ledger(p.id)").fetchall()
+    assert mismatches == [] and positions(db)[1][2] == 1

@@ -10,6 +10,7 @@ from decimal import Decimal
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.sql.helpers import (Fill, apply_order, bybit_c, bybit_message, counts, exec_a, fold, position,
                                ref_fold)
@@ -271,3 +272,35 @@ def test_creation_race_of_a_new_position(db, connect, first_commits):
     row = position(db, "NEWUSDT")
     assert row["size"] == (-2 if first_commits else -1)
     assert row["version"] == (2 if first_commits else 1)
+
+
+def test_a_batch_racing_a_concurrent_delivery_of_its_key_is_retried_and_then_finds_it(db, connect):
+    """pm.apply_batch looks up its keys once, then inserts the in-order rows of a position in one
+    statement: a key that another transaction applies in between (here to another symbol) makes
+    that insert wait for it, then fail with 40001, the batch is applied again, and the key is a
+    duplicate; nothing of the first attempt remains."""
+    s1, s2 = connect(), connect()
+    apply_order(s1, exec_a("race", "Buy", 1, 100, "0", 1, asset="ETHUSDT"))     # not committed yet
+    bodies = Jsonb([exec_a("r0", "Buy", 1, 100, "0", 1), exec_a("r1", "Buy", 1, 100, "0", 2),
+                    exec_a("race", "Buy", 5, 100, "0", 3)])
+    outcome: dict = {}
+
+    def run():
+        try:
+            outcome["result"] = s2.execute("SELECT pm.apply_batch('order', %s)", (bodies,)).fetchone()[0]
+        except BaseException as exc:
+            outcome["error"] = exc
+        s2.rollback()
+
+    t = threading.Thread(target=run)
+    t.start()
+    wait_until_blocked(db, s2.info.backend_pid)
+    s1.commit()
+    t.join(WAIT_LIMIT)
+    assert not t.is_alive()
+    assert isinstance(outcome.get("error"), psycopg.errors.SerializationFailure), outcome
+    assert position(db) is None and counts(db)["pm.executions"] == 1
+    again = s2.execute("SELECT pm.apply_batch('order', %s)", (bodies,)).fetchone()[0]
+    s2.commit()
+    assert [r["status"] for r in again] == ["applied", "applied", "duplicate"]
+    assert position(db)["size"] == 2 and counts(db)["pm.executions"] == 3
