@@ -441,10 +441,35 @@ def write_result(name: str, *, command: str, params: dict, figures: list[dict], 
     target.parent.mkdir(parents=True, exist_ok=True)
     params = {k: v for k, v in params.items() if k != "json"}
     record = {"benchmark": name, "command": command, "params": params,
-              "machine": {"cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]},
+              "machine": machine(),
               "code": code_revision(), "passed": passed, "figures": figures, "detail": detail}
     target.write_text(json.dumps(record, indent=1, default=str) + "\n")
     return target
+
+
+def machine() -> dict:
+    """What the figures were measured on: cores, load average at the end, the CPU's model and a
+    single-core speed (nanoseconds per iteration of a fixed Python loop, the best of three). A
+    ratio whose two sides use different resources (a CPU-bound function against pgbench, which
+    mostly waits for round trips and the disk) moves from one machine to another with the balance
+    of the two; these say which kind of machine a run had."""
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    best = None
+    for _ in range(3):
+        t0 = time.perf_counter()
+        total = 0
+        for i in range(1_000_000):
+            total += i
+        best = min(best or 1e9, time.perf_counter() - t0)
+    return {"cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+            "cpu": model, "python_loop_ns": round(best * 1e3, 1)}
 
 
 def code_revision() -> str | None:

@@ -126,6 +126,8 @@ def performance_md(results: dict) -> str:
         params = ", ".join(f"{k} {v}" for k, v in run["params"].items())
         machine = run.get("machine") or {}
         facts = [f"{machine.get('cores', '?')} cores"]
+        if machine.get("cpu"):
+            facts.append(f"{machine['cpu']}, {machine['python_loop_ns']} ns per Python loop iteration")
         if machine.get("load_average"):
             facts.append(f"load average {machine['load_average'][0]:.1f} at the end")
         if run.get("code"):
