@@ -26,21 +26,24 @@ SQLSTATE_START, SQLSTATE_END = "<!-- sqlstate-table:start -->", "<!-- sqlstate-t
 SCRIPTS = {"sql": "sql_bench.py", "e2e": "e2e_bench.py", "latency": "latency_bench.py", "http": "http_bench.py",
            "scaleout": "scaleout_bench.py", "snapshot": "snapshot_bench.py", "extras": "extras_bench.py", "soak": "soak.py"}
 # The README's table: (result, figure key, short name).
+# (benchmark, figure key, row label, target or None). A target is (measure, at least|at most,
+# bound): measure "ratio" is the figure over its same-run reference, "value" the figure itself.
 HEADLINE = [
-    ("sql", "empty_k100", "`pm.apply_order_event`, one round trip per call, commit every 100"),
-    ("sql", "empty_k100_apply_batch", "`pm.apply_batch` of 100 (the consumers' path)"),
-    ("sql", "ties_equal", "2,000 executions of one position sharing one timestamp"),
-    ("e2e", "e2e", "end to end: queue -> consumer -> positions, relay running"),
-    ("latency", "idle_execution_event_p99",
-     "latency p99, idle: execution published -> `position_updated` received (target 50 ms)"),
-    ("latency", "load_execution_event_p99",
-     "latency p99 at half the capacity measured in the same run, same path (target 250 ms)"),
-    ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections"),
-    ("http", "c8_positions_rps", "`GET /api/v1/positions` (500 positions), 8 connections"),
-    ("http", "list_render_ms", "SQL rendering those 500 positions, in the server (target 5 ms)"),
-    ("http", "c8_portfolio_rps", "`GET /api/v1/portfolio`, 8 connections"),
-    ("snapshot", "fills_during_cleanup", "fill latency p99 while retention deletes a day"),
-    ("soak", "api_p99", "API p99 under injected faults"),
+    ("sql", "empty_k100", "`pm.apply_order_event`, one round trip per call, commit every 100",
+     ("ratio", "at least", 2.0)),
+    ("sql", "empty_k100_apply_batch", "`pm.apply_batch` of 100 (the consumers' path)", None),
+    ("sql", "ties_equal", "2,000 executions of one position sharing one timestamp", ("ratio", "at least", 0.5)),
+    ("e2e", "e2e", "end to end: queue -> consumer -> positions, relay running", ("ratio", "at least", 0.3)),
+    ("latency", "idle_execution_event_p99", "latency p99, idle: execution published -> `position_updated` received",
+     ("value", "at most", 50.0)),
+    ("latency", "load_execution_event_p99", "latency p99 at half the capacity measured in the same run, same path",
+     ("value", "at most", 250.0)),
+    ("http", "c8_positions_asset_rps", "`GET /api/v1/positions/{asset}`, 8 connections", None),
+    ("http", "c8_positions_rps", "`GET /api/v1/positions` (500 positions), 8 connections", ("ratio", "at least", 0.5)),
+    ("http", "list_render_ms", "SQL rendering those 500 positions, in the server", ("value", "at most", 5.0)),
+    ("http", "c8_portfolio_rps", "`GET /api/v1/portfolio`, 8 connections", None),
+    ("snapshot", "fills_during_cleanup", "fill latency p99 while retention deletes a day", None),
+    ("soak", "api_p99", "API p99 under injected faults", None),
 ]
 
 
@@ -93,17 +96,35 @@ def find(results: dict, name: str, key: str) -> dict | None:
     return None
 
 
+def target_cell(fig: dict, target: tuple | None) -> str:
+    """'at least 2x: **missed**', 'at most 50 ms: met', or '' without a target (or a figure to judge)."""
+    if target is None:
+        return ""
+    measure, bound_kind, bound = target
+    if measure == "ratio":
+        ref = fig.get("reference") or {}
+        value = fig["value"] / ref["value"] if ref.get("value") and fig.get("value") is not None else None
+        text = f"{bound_kind} {bound:g}x"
+    else:
+        value = fig.get("value")
+        text = f"{bound_kind} {bound:g} {fig['unit']}"
+    if value is None:
+        return text
+    met = value >= bound if bound_kind == "at least" else value <= bound
+    return f"{text}: {'met' if met else '**missed**'}"
+
+
 def readme_table(results: dict) -> str:
-    lines = ["| what | figure | reference, measured in the same run | ratio | reproduce |",
-             "|---|---:|---|---:|---|"]
-    for name, key, what in HEADLINE:
+    lines = ["| what | figure | reference, measured in the same run | ratio | target | reproduce |",
+             "|---|---:|---|---:|---|---|"]
+    for name, key, what, target in HEADLINE:
         fig = find(results, name, key)
         if fig is None:
             continue
         run = results[name]
         failed = " (run FAILED its checks)" if run.get("passed") is False else ""
         lines.append(f"| {what}{failed} | {with_unit(fig['value'], fig['unit'])} | {reference_cell(fig)} | "
-                     f"{ratio(fig)} | `{run['command'].split(' --')[0]}` |")
+                     f"{ratio(fig)} | {target_cell(fig, target)} | `{run['command'].split(' --')[0]}` |")
     return "\n".join(lines) + "\n"
 
 

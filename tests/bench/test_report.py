@@ -35,7 +35,7 @@ def test_every_headline_figure_is_in_the_readme_with_its_reference_and_benchmark
     table = docs_gen.readme_table(RESULTS)
     readme = docs_gen.README.read_text()
     assert table in readme
-    for name, key, what in docs_gen.HEADLINE:
+    for name, key, what, _target in docs_gen.HEADLINE:
         fig = docs_gen.find(RESULTS, name, key)
         assert fig is not None, (name, key)
         row = next(line for line in table.splitlines() if line.startswith(f"| {what}"))
@@ -46,6 +46,18 @@ def test_every_headline_figure_is_in_the_readme_with_its_reference_and_benchmark
         if fig["reference"]:
             assert docs_gen.number(fig["reference"]["value"], fig["reference"]["unit"]) in row
             assert docs_gen.ratio(fig) in row
+
+
+def test_a_target_is_judged_from_the_figure_of_the_run():
+    """The README's target column says met or missed from the result itself: a ratio against the
+    same-run reference, or the value; a row without a target says nothing."""
+    fig = {"value": 3.0, "unit": "executions/s", "reference": {"value": 2.0, "unit": "transactions/s"}}
+    assert docs_gen.target_cell(fig, ("ratio", "at least", 2.0)) == "at least 2x: **missed**"
+    assert docs_gen.target_cell(fig, ("ratio", "at least", 1.5)) == "at least 1.5x: met"
+    latency = {"value": 250.0, "unit": "ms", "reference": None}
+    assert docs_gen.target_cell(latency, ("value", "at most", 250.0)) == "at most 250 ms: met"
+    assert docs_gen.target_cell({**latency, "value": 250.1}, ("value", "at most", 250.0)) == "at most 250 ms: **missed**"
+    assert docs_gen.target_cell(fig, None) == ""
 
 
 def test_a_changed_result_changes_the_documents(tmp_path):
