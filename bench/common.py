@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import timeit
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
@@ -461,13 +462,7 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    best = None
-    for _ in range(3):
-        t0 = time.perf_counter()
-        total = 0
-        for i in range(1_000_000):
-            total += i
-        best = min(best or 1e9, time.perf_counter() - t0)
+    best = min(timeit.repeat("for i in range(1_000_000): total += i", "total = 0", number=1, repeat=3))
     return {"cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
             "cpu": model, "python_loop_ns": round(best * 1e3, 1)}
 

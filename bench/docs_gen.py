@@ -70,11 +70,17 @@ def number(value, unit: str = "") -> str:
     return f"{v:,.0f}"
 
 
-def ratio(fig: dict) -> str:
+def ratio_value(fig: dict) -> float | None:
+    """The figure over its same-run reference, None without one."""
     ref = fig.get("reference")
     if not ref or not ref.get("value") or fig.get("value") is None:
-        return ""
-    return f"{fig['value'] / ref['value']:.2f}x"
+        return None
+    return fig["value"] / ref["value"]
+
+
+def ratio(fig: dict) -> str:
+    value = ratio_value(fig)
+    return "" if value is None else f"{value:.2f}x"
 
 
 def with_unit(value, unit: str) -> str:
@@ -102,8 +108,7 @@ def target_cell(fig: dict, target: tuple | None) -> str:
         return ""
     measure, bound_kind, bound = target
     if measure == "ratio":
-        ref = fig.get("reference") or {}
-        value = fig["value"] / ref["value"] if ref.get("value") and fig.get("value") is not None else None
+        value = ratio_value(fig)
         text = f"{bound_kind} {bound:g}x"
     else:
         value = fig.get("value")
